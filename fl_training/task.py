@@ -1,0 +1,357 @@
+"""Shared helpers of the Flower App: training config, partitions, model, metrics.
+
+The ClientApp and the ServerApp both import from here, as in Flower's own
+examples. Nothing here knows about encryption or the UI.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass, fields
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import accuracy_score, log_loss
+
+from fl_training.datasets import DATASET_NAMES, DEFAULT_DATASET, Dataset, load_dataset
+
+PARTITIONINGS = ("iid", "dirichlet", "pathological")
+STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedmedian")
+
+#: Limits that keep a run meaningful and within a 2-core machine's reach.
+MAX_CLIENTS = 100
+MAX_ROUNDS = 100
+MAX_LOCAL_EPOCHS = 200
+#: A client needs at least this many training samples.
+MIN_SAMPLES_PER_CLIENT = 10
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Everything that defines a federated training run.
+
+    Parameters
+    ----------
+    dataset : str, default="mnist-5k"
+        One of :data:`fl_training.datasets.DATASET_NAMES`.
+    num_clients : int, default=10
+        Number of clients (Flower SuperNodes); each gets one partition.
+    num_rounds : int, default=5
+        Federated rounds.
+    partitioning : {"iid", "dirichlet", "pathological"}, default="iid"
+        How the training split is divided among clients.
+    alpha : float, default=0.5
+        Dirichlet concentration (``partitioning="dirichlet"``): lower is more skewed.
+    classes_per_client : int, default=2
+        Labels per client (``partitioning="pathological"``).
+    strategy : {"fedavg", "fedprox", "fedadam", "fedmedian"}, default="fedavg"
+        Server-side aggregation strategy.
+    local_epochs : int, default=10
+        Solver iterations over the local data per round (scikit-learn's
+        ``max_iter`` with ``warm_start``).
+    proximal_mu : float, default=0.1
+        FedProx's proximal weight (``strategy="fedprox"`` only).
+    seed : int, default=0
+        Seeds partitioning and shuffling.
+    differential_privacy : bool, default=False
+        Clip each client's update and add Gaussian noise on the server.
+    noise_multiplier : float, default=0.5
+        Noise standard deviation relative to ``clipping_norm`` (DP only).
+    clipping_norm : float, default=5.0
+        Maximum L2 norm of a client's update (DP only).
+    """
+
+    dataset: str = DEFAULT_DATASET
+    num_clients: int = 10
+    num_rounds: int = 5
+    partitioning: str = "iid"
+    alpha: float = 0.5
+    classes_per_client: int = 2
+    strategy: str = "fedavg"
+    local_epochs: int = 10
+    proximal_mu: float = 0.1
+    seed: int = 0
+    differential_privacy: bool = False
+    noise_multiplier: float = 0.5
+    clipping_norm: float = 5.0
+
+    def __post_init__(self) -> None:
+        validate_config(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_mapping(cls, values: Any) -> TrainingConfig:
+        """Build a config from a Flower ``ConfigRecord`` or any mapping.
+
+        Keys may use dashes (Flower's style) or underscores; missing keys take
+        their defaults, unknown keys are ignored.
+        """
+        normalised = {str(k).replace("-", "_"): values[k] for k in values.keys()}
+        kwargs = {}
+        for f in fields(cls):
+            if f.name in normalised:
+                kwargs[f.name] = type(f.default)(normalised[f.name])
+        return cls(**kwargs)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def validate_config(cfg: TrainingConfig) -> None:
+    """Raise ``ValueError`` with an actionable message if ``cfg`` cannot run."""
+    if cfg.dataset not in DATASET_NAMES:
+        raise ValueError(f"Unknown dataset {cfg.dataset!r}; choose one of {', '.join(DATASET_NAMES)}.")
+    if cfg.partitioning not in PARTITIONINGS:
+        raise ValueError(
+            f"Unknown partitioning {cfg.partitioning!r}; choose one of {', '.join(PARTITIONINGS)}."
+        )
+    if cfg.strategy not in STRATEGIES:
+        raise ValueError(f"Unknown strategy {cfg.strategy!r}; choose one of {', '.join(STRATEGIES)}.")
+    for name, low, high in (
+        ("num_clients", 2, MAX_CLIENTS),
+        ("num_rounds", 1, MAX_ROUNDS),
+        ("local_epochs", 1, MAX_LOCAL_EPOCHS),
+        ("classes_per_client", 1, 1000),
+    ):
+        value = getattr(cfg, name)
+        if not _is_number(value) or int(value) != value or not low <= value <= high:
+            raise ValueError(f"{name} must be a whole number from {low} to {high}, got {value!r}.")
+    for name, low, high in (
+        ("alpha", 1e-3, 1e3),
+        ("proximal_mu", 0.0, 1e3),
+        ("noise_multiplier", 0.0, 100.0),
+        ("clipping_norm", 1e-6, 1e6),
+    ):
+        value = getattr(cfg, name)
+        if not _is_number(value) or not np.isfinite(value) or not low <= value <= high:
+            raise ValueError(f"{name} must be a number from {low:g} to {high:g}, got {value!r}.")
+    if not _is_number(cfg.seed) or int(cfg.seed) != cfg.seed or not 0 <= cfg.seed < 2**32:
+        raise ValueError(f"seed must be a whole number from 0 to 2**32-1, got {cfg.seed!r}.")
+
+
+def check_fits_dataset(cfg: TrainingConfig, dataset: Dataset) -> None:
+    """Raise ``ValueError`` if the dataset is too small or has too few labels for ``cfg``."""
+    max_clients = len(dataset.y_train) // MIN_SAMPLES_PER_CLIENT
+    if cfg.num_clients > max_clients:
+        raise ValueError(
+            f"{dataset.name} has {len(dataset.y_train)} training samples: at most {max_clients} "
+            f"clients get {MIN_SAMPLES_PER_CLIENT} samples each. Use fewer clients."
+        )
+    if cfg.partitioning == "pathological" and cfg.classes_per_client > dataset.n_classes:
+        raise ValueError(
+            f"{dataset.name} has {dataset.n_classes} classes; classes_per_client must be at most "
+            f"{dataset.n_classes}."
+        )
+
+
+# --------------------------------------------------------------------------
+# Partitioning (flwr-datasets)
+# --------------------------------------------------------------------------
+
+
+def _make_partitioner(cfg: TrainingConfig):
+    from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, PathologicalPartitioner
+
+    if cfg.partitioning == "iid":
+        return IidPartitioner(num_partitions=cfg.num_clients)
+    if cfg.partitioning == "dirichlet":
+        return DirichletPartitioner(
+            num_partitions=cfg.num_clients,
+            partition_by="label",
+            alpha=cfg.alpha,
+            min_partition_size=MIN_SAMPLES_PER_CLIENT,
+            self_balancing=False,
+            seed=cfg.seed,
+        )
+    return PathologicalPartitioner(
+        num_partitions=cfg.num_clients,
+        partition_by="label",
+        num_classes_per_partition=cfg.classes_per_client,
+        class_assignment_mode="first-deterministic",
+        seed=cfg.seed,
+    )
+
+
+@lru_cache(maxsize=8)
+def partition_indices(cfg: TrainingConfig) -> tuple[np.ndarray, ...]:
+    """Indices into the training split, one array per client.
+
+    The split is shuffled with ``cfg.seed`` first (the raw datasets are sorted
+    by label, and an IID partitioner shards contiguously), then divided by a
+    flwr-datasets partitioner.
+
+    Returns
+    -------
+    tuple of ndarray
+        ``num_clients`` arrays of row indices into ``dataset.X_train``.
+    """
+    from datasets import Dataset as HFDataset
+
+    dataset = load_dataset(cfg.dataset)
+    check_fits_dataset(cfg, dataset)
+    order = np.random.default_rng(cfg.seed).permutation(len(dataset.y_train))
+    table = HFDataset.from_dict({"row": order, "label": dataset.y_train[order]})
+    partitioner = _make_partitioner(cfg)
+    partitioner.dataset = table
+    try:
+        parts = tuple(
+            np.asarray(partitioner.load_partition(i)["row"], dtype=np.int64)
+            for i in range(cfg.num_clients)
+        )
+    except ValueError as exc:
+        raise ValueError(
+            f"Could not divide {dataset.name} into {cfg.num_clients} {cfg.partitioning} partitions "
+            f"({exc}). Use fewer clients or a larger alpha."
+        ) from exc
+    for i, part in enumerate(parts):
+        if len(part) == 0:
+            raise ValueError(
+                f"Client {i} got no data with {cfg.partitioning} partitioning. Use fewer clients "
+                "or more classes per client."
+            )
+    return parts
+
+
+def client_data(cfg: TrainingConfig, partition_id: int) -> tuple[np.ndarray, ...]:
+    """One client's local data, split into local train and validation parts.
+
+    Returns
+    -------
+    X_train, y_train, X_val, y_val : ndarray
+        Raw features. A fifth of the partition is kept for the client's own
+        evaluation (at least one sample when the partition allows it).
+    """
+    dataset = load_dataset(cfg.dataset)
+    idx = partition_indices(cfg)[partition_id]
+    n_val = len(idx) // 5 if len(idx) >= 5 else 0
+    val, train = idx[:n_val], idx[n_val:]
+    if n_val == 0:
+        val = train
+    return dataset.X_train[train], dataset.y_train[train], dataset.X_train[val], dataset.y_train[val]
+
+
+def label_distribution(cfg: TrainingConfig) -> np.ndarray:
+    """Counts of each label per client, shape ``(num_clients, n_classes)``."""
+    dataset = load_dataset(cfg.dataset)
+    counts = np.zeros((cfg.num_clients, dataset.n_classes), dtype=np.int64)
+    position = {c: i for i, c in enumerate(dataset.classes)}
+    for client, idx in enumerate(partition_indices(cfg)):
+        labels, n = np.unique(dataset.y_train[idx], return_counts=True)
+        for label, count in zip(labels, n):
+            counts[client, position[label]] = count
+    return counts
+
+
+# --------------------------------------------------------------------------
+# Model
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FeatureScaling:
+    """Affine scaling ``(x - offset) / scale`` applied to raw features for training.
+
+    Derived from the public valid range of each feature, so clients agree on it
+    without sharing data. :func:`export_model` folds it into the weights.
+    """
+
+    offset: np.ndarray
+    scale: np.ndarray
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        return (np.asarray(X, dtype=np.float64) - self.offset) / self.scale
+
+
+def feature_scaling(dataset: Dataset) -> FeatureScaling:
+    span = dataset.feature_high - dataset.feature_low
+    return FeatureScaling(offset=dataset.feature_low, scale=np.where(span > 0, span, 1.0))
+
+
+def _n_coef_rows(n_classes: int) -> int:
+    return 1 if n_classes == 2 else n_classes
+
+
+def initial_parameters(dataset: Dataset) -> list[np.ndarray]:
+    """Zero weights ``[coef, intercept]`` for the global label set."""
+    rows = _n_coef_rows(dataset.n_classes)
+    return [np.zeros((rows, dataset.n_features)), np.zeros(rows)]
+
+
+def new_model(local_epochs: int = 10) -> LogisticRegression:
+    """The federation's model: a warm-started multinomial logistic regression."""
+    return LogisticRegression(max_iter=local_epochs, warm_start=True, C=1.0)
+
+
+def set_parameters(model: LogisticRegression, params: list[np.ndarray], classes: np.ndarray) -> LogisticRegression:
+    """Give ``model`` the weights ``params`` and the global label set ``classes``."""
+    model.classes_ = np.asarray(classes)
+    model.coef_ = np.array(params[0], dtype=np.float64)
+    model.intercept_ = np.array(params[1], dtype=np.float64)
+    return model
+
+
+def get_parameters(model: LogisticRegression) -> list[np.ndarray]:
+    return [np.asarray(model.coef_, dtype=np.float64), np.asarray(model.intercept_, dtype=np.float64)]
+
+
+def fit_local(
+    model: LogisticRegression, X: np.ndarray, y: np.ndarray, classes: np.ndarray
+) -> LogisticRegression:
+    """Continue training ``model`` on one client's (scaled) data.
+
+    A client whose partition lacks some labels still trains a model over all
+    ``classes``: one all-zero sample per missing label is added with sample
+    weight 0. It fixes the model's classes (so the warm start keeps its shape)
+    and contributes nothing to the loss.
+    """
+    missing = np.setdiff1d(classes, np.unique(y))
+    weights = np.ones(len(y))
+    if len(missing):
+        X = np.vstack([X, np.zeros((len(missing), X.shape[1]))])
+        y = np.concatenate([y, missing])
+        weights = np.concatenate([weights, np.zeros(len(missing))])
+    with warnings.catch_warnings():
+        # Few solver iterations per round is the point of federated rounds.
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.fit(X, y, sample_weight=weights)
+    return model
+
+
+def evaluate(model: LogisticRegression, X: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Return ``(accuracy, log_loss)`` of ``model`` on ``(X, y)``."""
+    proba = model.predict_proba(X)
+    predictions = model.classes_[np.argmax(proba, axis=1)]
+    return float(accuracy_score(y, predictions)), float(log_loss(y, proba, labels=model.classes_))
+
+
+def export_model(params: list[np.ndarray], dataset: Dataset) -> LogisticRegression:
+    """Build the model a client of the FHE side uses: it takes raw features.
+
+    Training sees ``(x - offset) / scale``. Since the model is linear, that
+    scaling folds into the weights: ``coef_raw = coef / scale`` and
+    ``intercept_raw = intercept - coef_raw @ offset``. The exported model gives
+    the same predictions on raw features as the trained one on scaled features.
+    """
+    scaling = feature_scaling(dataset)
+    coef = np.asarray(params[0], dtype=np.float64) / scaling.scale
+    intercept = np.asarray(params[1], dtype=np.float64) - coef @ scaling.offset
+    return set_parameters(new_model(), [coef, intercept], dataset.classes)
+
+
+def train_centralized(dataset: Dataset, max_iter: int = 200) -> LogisticRegression:
+    """The non-federated baseline: one model trained on the whole training split.
+
+    Returns a model that takes raw features, like :func:`export_model`'s.
+    """
+    scaling = feature_scaling(dataset)
+    model = LogisticRegression(max_iter=max_iter)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.fit(scaling.transform(dataset.X_train), dataset.y_train)
+    return export_model(get_parameters(model), dataset)

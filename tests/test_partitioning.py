@@ -1,0 +1,97 @@
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+
+from fl_training.datasets import load_dataset
+from fl_training.task import (
+    TrainingConfig,
+    feature_scaling,
+    fit_local,
+    initial_parameters,
+    label_distribution,
+    new_model,
+    partition_indices,
+    set_parameters,
+)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(partitioning="iid"),
+        dict(partitioning="dirichlet", alpha=0.3),
+        dict(partitioning="pathological", classes_per_client=2),
+    ],
+)
+def test_partitions_are_disjoint_and_cover_the_training_split(kwargs):
+    cfg = TrainingConfig(dataset="digits", num_clients=5, **kwargs)
+    parts = partition_indices(cfg)
+    assert len(parts) == 5
+    everything = np.concatenate(parts)
+    assert len(everything) == len(np.unique(everything))  # disjoint
+    n_train = len(load_dataset("digits").y_train)
+    if cfg.partitioning != "pathological":  # pathological may leave unassigned labels' rows out
+        assert len(everything) == n_train
+    assert all(len(p) > 0 for p in parts)
+
+
+def test_iid_partitions_see_every_label_despite_sorted_source_data():
+    counts = label_distribution(TrainingConfig(dataset="mnist-5k", num_clients=10))
+    assert (counts > 0).all()
+
+
+def test_pathological_clients_hold_only_k_labels():
+    counts = label_distribution(
+        TrainingConfig(dataset="digits", num_clients=5, partitioning="pathological", classes_per_client=2)
+    )
+    assert ((counts > 0).sum(axis=1) <= 2).all()
+
+
+def test_dirichlet_is_skewed_and_seeded():
+    cfg = TrainingConfig(dataset="digits", num_clients=5, partitioning="dirichlet", alpha=0.3, seed=1)
+    a = label_distribution(cfg)
+    b = label_distribution(TrainingConfig(**{**cfg.to_dict(), "seed": 2}))
+    assert not np.array_equal(a, b)
+    share = a / a.sum(axis=1, keepdims=True)
+    assert share.max() > 0.3  # far from the uniform 0.1
+
+
+def test_client_missing_classes_still_trains_over_the_global_label_set():
+    d = load_dataset("digits")
+    scaling = feature_scaling(d)
+    only_two = np.isin(d.y_train, [3, 7])
+    X, y = scaling.transform(d.X_train[only_two]), d.y_train[only_two]
+
+    # A plain fit forgets the global label set: its weights change shape and
+    # can no longer be averaged with the other clients'. That is what we guard against.
+    plain = set_parameters(LogisticRegression(max_iter=5, warm_start=True), initial_parameters(d), d.classes)
+    plain.fit(X, y)
+    assert plain.coef_.shape != (10, 64)
+
+    model = set_parameters(new_model(5), initial_parameters(d), d.classes)
+    fit_local(model, X, y, d.classes)
+    assert model.coef_.shape == (10, 64)
+    assert list(model.classes_) == list(range(10))
+    assert set(model.predict(X)) <= {3, 7}
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (dict(num_clients=0), "num_clients"),
+        (dict(num_clients=10_000), "num_clients"),
+        (dict(num_rounds=0), "num_rounds"),
+        (dict(alpha=float("nan")), "alpha"),
+        (dict(partitioning="shards"), "partitioning"),
+        (dict(strategy="fedsgd"), "strategy"),
+        (dict(dataset="cifar"), "dataset"),
+    ],
+)
+def test_invalid_settings_are_refused_with_a_message(bad, match):
+    with pytest.raises(ValueError, match=match):
+        TrainingConfig(**bad)
+
+
+def test_too_many_clients_for_the_dataset_is_refused():
+    with pytest.raises(ValueError, match="fewer clients"):
+        partition_indices(TrainingConfig(dataset="breast-cancer", num_clients=60))
