@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not args.verbose:
-        logging.getLogger("flwr").setLevel(logging.WARNING)
+        # Flower resets its logger's level when a simulation starts; a filter stays.
+        logging.getLogger("flwr").addFilter(lambda record: record.levelno >= logging.WARNING)
     try:
         config = TrainingConfig(
             dataset=args.dataset,

@@ -55,7 +55,7 @@ def train(msg: Message, context: Context) -> Message:
     if mu > 0:
         # FedProx: the proximal step of (mu/2)·||w - w_global||² applied to the
         # local solution keeps the update close to the global model.
-        params = [(p + mu * g) / (1.0 + mu) for p, g in zip(params, global_params)]
+        params = [(p + mu * g) / (1.0 + mu) for p, g in zip(params, global_params, strict=True)]
         set_parameters(model, params, dataset.classes)
 
     X_scaled = scaling.transform(X_train)

@@ -119,9 +119,7 @@ def _load_mnist_5k(data_dir: Path | None) -> Dataset:
 
 
 def _load_mnist(data_dir: Path | None) -> Dataset:
-    from sklearn.datasets import fetch_openml
-
-    from sklearn.datasets import get_data_home
+    from sklearn.datasets import fetch_openml, get_data_home
 
     home = Path(data_dir or os.environ.get("FL_DATA_DIR") or get_data_home()).expanduser()
     try:

@@ -243,7 +243,7 @@ def label_distribution(cfg: TrainingConfig) -> np.ndarray:
     position = {c: i for i, c in enumerate(dataset.classes)}
     for client, idx in enumerate(partition_indices(cfg)):
         labels, n = np.unique(dataset.y_train[idx], return_counts=True)
-        for label, count in zip(labels, n):
+        for label, count in zip(labels, n, strict=True):
             counts[client, position[label]] = count
     return counts
 
@@ -288,7 +288,9 @@ def new_model(local_epochs: int = 10) -> LogisticRegression:
     return LogisticRegression(max_iter=local_epochs, warm_start=True, C=1.0)
 
 
-def set_parameters(model: LogisticRegression, params: list[np.ndarray], classes: np.ndarray) -> LogisticRegression:
+def set_parameters(
+    model: LogisticRegression, params: list[np.ndarray], classes: np.ndarray
+) -> LogisticRegression:
     """Give ``model`` the weights ``params`` and the global label set ``classes``."""
     model.classes_ = np.asarray(classes)
     model.coef_ = np.array(params[0], dtype=np.float64)
