@@ -1,0 +1,417 @@
+"""The deployment file format shared by the developer, the client and the server.
+
+A deployment is the directory :class:`concrete.ml.deployment.FHEModelDev` writes:
+``client.zip`` (crypto specs and quantizers, public) and ``server.zip`` (the
+circuit). We add two things that any Concrete ML 1.9 client ignores:
+
+* ``fhe_model.json`` inside ``client.zip``: public facts about the model
+  (dataset, classes, feature count) so a client that only downloaded
+  ``client.zip`` can label predictions;
+* ``deployment.json`` next to the zips: the developer's compile report.
+
+This module only reads and checks bytes. It never touches keys, so the server
+can import it without gaining a path to a private key.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import zipfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+CLIENT_ZIP = "client.zip"
+SERVER_ZIP = "server.zip"
+MODEL_INFO_ENTRY = "fhe_model.json"
+REPORT_FILE = "deployment.json"
+
+#: Entries of a ``client.zip``: the first set is what Concrete ML writes, the
+#: second what we add.
+CLIENT_ZIP_REQUIRED = frozenset({"client.specs.json", "serialized_processing.json", "versions.json"})
+CLIENT_ZIP_OPTIONAL = frozenset({MODEL_INFO_ENTRY})
+
+#: Entries of a ``server.zip`` saved ``via_mlir`` (portable MLIR, compiled on
+#: load). A server.zip holding a prebuilt shared library is refused: loading
+#: it would run native code from the upload.
+SERVER_ZIP_REQUIRED = frozenset(
+    {"circuit.mlir", "is_simulated", "configuration.json", "client.specs.json", "versions.json"}
+)
+SERVER_ZIP_OPTIONAL = frozenset({"composition_rules.json"})
+
+#: Uploads may be a plain server.zip or this two-entry bundle, so that a
+#: deployment added over HTTP can also serve its client.zip.
+BUNDLE_ENTRIES = frozenset({SERVER_ZIP, CLIENT_ZIP})
+
+#: Default cap on the uncompressed size of a zip we read (zip-bomb guard). Real
+#: deployments are a few kB (MLIR of a 784x10 linear model: ~40 kB).
+DEFAULT_MAX_UNCOMPRESSED_BYTES = 64 * 1024 * 1024
+
+#: ``configuration.json`` is read with jsonpickle, which can build arbitrary
+#: Python objects. Only these tags and type prefixes are accepted.
+_JSONPICKLE_TAGS = frozenset({"py/reduce", "py/type", "py/tuple", "py/object"})
+_JSONPICKLE_TYPE_PREFIX = "concrete.fhe.compilation.configuration."
+
+
+class DeploymentFormatError(ValueError):
+    """Bytes or a directory that are not a usable Concrete ML deployment."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Public facts about a deployed model, stored in ``client.zip``.
+
+    Attributes
+    ----------
+    dataset : str
+        Name of the dataset the model was compiled for (``fl_training.datasets``).
+    n_features : int
+        Number of raw input features.
+    classes : tuple of int
+        Class labels, in the order of the model's output scores.
+    class_names : tuple of str
+        Human-readable class names.
+    n_bits : int
+        Quantization bits of inputs and weights.
+    image_shape : tuple of int or None
+        ``(height, width)`` for image datasets.
+    """
+
+    dataset: str
+    n_features: int
+    classes: tuple[int, ...]
+    class_names: tuple[str, ...]
+    n_bits: int
+    image_shape: tuple[int, int] | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> ModelInfo:
+        try:
+            raw = json.loads(text)
+            return cls(
+                dataset=str(raw["dataset"]),
+                n_features=int(raw["n_features"]),
+                classes=tuple(int(c) for c in raw["classes"]),
+                class_names=tuple(str(c) for c in raw["class_names"]),
+                n_bits=int(raw["n_bits"]),
+                image_shape=tuple(raw["image_shape"]) if raw.get("image_shape") else None,
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise DeploymentFormatError(f"{MODEL_INFO_ENTRY} is not valid: {exc}") from exc
+
+
+def read_zip_entries(
+    data: bytes,
+    *,
+    what: str,
+    required: frozenset[str],
+    optional: frozenset[str] = frozenset(),
+    max_uncompressed_bytes: int = DEFAULT_MAX_UNCOMPRESSED_BYTES,
+) -> dict[str, bytes]:
+    """Read a small, flat zip into memory after checking its entry names and sizes.
+
+    Parameters
+    ----------
+    data : bytes
+        The zip file.
+    what : str
+        Name used in error messages, e.g. ``"server.zip"``.
+    required, optional : frozenset of str
+        Entry names that must / may appear. Anything else is refused.
+    max_uncompressed_bytes : int
+        Upper bound on the sum of declared and actual entry sizes.
+
+    Returns
+    -------
+    dict of str to bytes
+        Entry name to content.
+
+    Raises
+    ------
+    DeploymentFormatError
+        If ``data`` is not a zip, has unexpected or missing entries, or is too big.
+    """
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except (zipfile.BadZipFile, ValueError) as exc:
+        raise DeploymentFormatError(f"{what} is not a zip file ({exc}).") from exc
+    with archive:
+        infos = archive.infolist()
+        names = [info.filename for info in infos]
+        if len(set(names)) != len(names):
+            raise DeploymentFormatError(f"{what} contains duplicate entries.")
+        unexpected = sorted(set(names) - required - optional)
+        if unexpected:
+            raise DeploymentFormatError(
+                f"{what} contains unexpected entries {unexpected}; expected only "
+                f"{sorted(required | optional)} (a Concrete ML deployment saved with via_mlir=True)."
+            )
+        missing = sorted(required - set(names))
+        if missing:
+            raise DeploymentFormatError(f"{what} lacks {missing}: it is not a Concrete ML {what}.")
+        if sum(info.file_size for info in infos) > max_uncompressed_bytes:
+            raise DeploymentFormatError(
+                f"{what} unpacks to more than {max_uncompressed_bytes} bytes."
+            )
+        entries: dict[str, bytes] = {}
+        total = 0
+        for info in infos:
+            # Read at most the declared size + 1 so a lying header cannot
+            # make us inflate more than the cap.
+            with archive.open(info) as fh:
+                content = fh.read(info.file_size + 1)
+            total += len(content)
+            if len(content) != info.file_size or total > max_uncompressed_bytes:
+                raise DeploymentFormatError(f"{what}: entry {info.filename} has a wrong size.")
+            entries[info.filename] = content
+    return entries
+
+
+def check_configuration_json(text: bytes) -> None:
+    """Refuse a ``configuration.json`` that would make jsonpickle build foreign objects.
+
+    Parameters
+    ----------
+    text : bytes
+        The entry from a ``server.zip``.
+
+    Raises
+    ------
+    DeploymentFormatError
+        If it is not JSON or references anything outside Concrete's configuration enums.
+    """
+    try:
+        tree = json.loads(text)
+    except ValueError as exc:
+        raise DeploymentFormatError(f"server.zip: configuration.json is not JSON ({exc}).") from exc
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key.startswith("py/"):
+                    if key not in _JSONPICKLE_TAGS:
+                        raise DeploymentFormatError(
+                            f"server.zip: configuration.json uses the jsonpickle tag {key!r}, "
+                            "which a Concrete configuration never contains."
+                        )
+                    if key in {"py/type", "py/object"} and not (
+                        isinstance(value, str) and value.startswith(_JSONPICKLE_TYPE_PREFIX)
+                    ):
+                        raise DeploymentFormatError(
+                            f"server.zip: configuration.json references {value!r}; only "
+                            f"{_JSONPICKLE_TYPE_PREFIX}* types are accepted."
+                        )
+                walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(tree)
+
+
+def check_server_zip(
+    data: bytes, max_uncompressed_bytes: int = DEFAULT_MAX_UNCOMPRESSED_BYTES
+) -> dict[str, bytes]:
+    """Check that ``data`` is a portable (MLIR) Concrete ML ``server.zip``.
+
+    Parameters
+    ----------
+    data : bytes
+        The zip.
+    max_uncompressed_bytes : int
+        Zip-bomb guard.
+
+    Returns
+    -------
+    dict of str to bytes
+        Its entries.
+
+    Raises
+    ------
+    DeploymentFormatError
+        If it is not one.
+    """
+    entries = read_zip_entries(
+        data,
+        what=SERVER_ZIP,
+        required=SERVER_ZIP_REQUIRED,
+        optional=SERVER_ZIP_OPTIONAL,
+        max_uncompressed_bytes=max_uncompressed_bytes,
+    )
+    if entries["is_simulated"].strip() != b"0":
+        raise DeploymentFormatError("server.zip holds a simulation circuit; compile for execution.")
+    check_configuration_json(entries["configuration.json"])
+    return entries
+
+
+def check_client_zip(
+    data: bytes, max_uncompressed_bytes: int = DEFAULT_MAX_UNCOMPRESSED_BYTES
+) -> dict[str, bytes]:
+    """Check that ``data`` is a Concrete ML ``client.zip``.
+
+    Parameters
+    ----------
+    data : bytes
+        The zip.
+    max_uncompressed_bytes : int
+        Zip-bomb guard.
+
+    Returns
+    -------
+    dict of str to bytes
+        Its entries.
+
+    Raises
+    ------
+    DeploymentFormatError
+        If it is not one.
+    """
+    entries = read_zip_entries(
+        data,
+        what=CLIENT_ZIP,
+        required=CLIENT_ZIP_REQUIRED,
+        optional=CLIENT_ZIP_OPTIONAL,
+        max_uncompressed_bytes=max_uncompressed_bytes,
+    )
+    if MODEL_INFO_ENTRY in entries:
+        ModelInfo.from_json(entries[MODEL_INFO_ENTRY])
+    return entries
+
+
+def read_model_info(client_zip: bytes | str | os.PathLike) -> ModelInfo | None:
+    """Return the :class:`ModelInfo` stored in a ``client.zip``, if any.
+
+    Parameters
+    ----------
+    client_zip : bytes or path-like
+        The zip's bytes or its path.
+
+    Returns
+    -------
+    ModelInfo or None
+        ``None`` for a client.zip written by plain Concrete ML.
+    """
+    data = client_zip if isinstance(client_zip, bytes) else Path(client_zip).read_bytes()
+    entries = check_client_zip(data)
+    raw = entries.get(MODEL_INFO_ENTRY)
+    return ModelInfo.from_json(raw) if raw is not None else None
+
+
+def make_bundle(server_zip: bytes, client_zip: bytes) -> bytes:
+    """Pack a server.zip and its client.zip into one upload.
+
+    Parameters
+    ----------
+    server_zip, client_zip : bytes
+        The two files of a deployment.
+
+    Returns
+    -------
+    bytes
+        A zip with entries ``server.zip`` and ``client.zip``.
+    """
+    buffer = io.BytesIO()
+    # Stored, not deflated: the inner zips are already compressed.
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as bundle:
+        bundle.writestr(SERVER_ZIP, server_zip)
+        bundle.writestr(CLIENT_ZIP, client_zip)
+    return buffer.getvalue()
+
+
+def split_upload(
+    data: bytes, max_uncompressed_bytes: int = DEFAULT_MAX_UNCOMPRESSED_BYTES
+) -> tuple[bytes, bytes | None]:
+    """Split an uploaded deployment into ``(server_zip, client_zip or None)``.
+
+    Parameters
+    ----------
+    data : bytes
+        Either a server.zip or a bundle from :func:`make_bundle`.
+    max_uncompressed_bytes : int
+        Zip-bomb guard, applied to the bundle and to each inner zip.
+
+    Returns
+    -------
+    tuple of (bytes, bytes or None)
+        The checked server.zip and, for a bundle, the checked client.zip.
+
+    Raises
+    ------
+    DeploymentFormatError
+        If the upload is neither, or if the client.zip was not built with the server.zip.
+    """
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            names = set(archive.namelist())
+    except (zipfile.BadZipFile, ValueError) as exc:
+        raise DeploymentFormatError(
+            f"The upload is not a zip file ({exc}). Send the bytes of server.zip."
+        ) from exc
+    if names != BUNDLE_ENTRIES:
+        check_server_zip(data, max_uncompressed_bytes)
+        return data, None
+    entries = read_zip_entries(
+        data, what="deployment bundle", required=BUNDLE_ENTRIES,
+        max_uncompressed_bytes=max_uncompressed_bytes,
+    )
+    server_entries = check_server_zip(entries[SERVER_ZIP], max_uncompressed_bytes)
+    client_entries = check_client_zip(entries[CLIENT_ZIP], max_uncompressed_bytes)
+    if server_entries["client.specs.json"] != client_entries["client.specs.json"]:
+        raise DeploymentFormatError(
+            "The bundle's client.zip was not built with its server.zip (their crypto specs "
+            "differ). Upload the two files FHEModelDev saved together."
+        )
+    return entries[SERVER_ZIP], entries[CLIENT_ZIP]
+
+
+def deployment_paths(directory: str | os.PathLike) -> tuple[Path, Path]:
+    """Return ``(client.zip, server.zip)`` of a deployment directory, checking they exist.
+
+    Parameters
+    ----------
+    directory : path-like
+        A directory written by :func:`fhe_model.developer.save_deployment` or FHEModelDev.
+
+    Returns
+    -------
+    tuple of Path
+        The two zip paths.
+
+    Raises
+    ------
+    DeploymentFormatError
+        If the directory or one of the zips is missing.
+    """
+    directory = Path(directory)
+    client_zip, server_zip = directory / CLIENT_ZIP, directory / SERVER_ZIP
+    missing = [p.name for p in (client_zip, server_zip) if not p.is_file()]
+    if not directory.is_dir() or missing:
+        raise DeploymentFormatError(
+            f"{directory} is not a deployment directory (missing {missing or 'the directory'}). "
+            "Create one with: python -m fhe_model compile --model MODEL --output DIR"
+        )
+    return client_zip, server_zip
+
+
+def read_report(directory: str | os.PathLike) -> dict[str, Any] | None:
+    """Return the compile report saved next to a deployment, if any.
+
+    Parameters
+    ----------
+    directory : path-like
+        A deployment directory.
+
+    Returns
+    -------
+    dict or None
+        The parsed ``deployment.json``.
+    """
+    path = Path(directory) / REPORT_FILE
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))

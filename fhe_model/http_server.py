@@ -1,0 +1,512 @@
+"""The server role behind HTTP (FastAPI + uvicorn).
+
+Endpoints (all errors are JSON ``{"detail": "..."}``):
+
+* ``GET  /health`` - liveness and store counts.
+* ``GET  /client.zip[?deployment_id=ID]`` - a deployment's public client.zip.
+* ``POST /deployments`` - body: server.zip (or a server.zip + client.zip
+  bundle); needs ``Authorization: Bearer <admin token>``. Uploading a circuit
+  is uploading code, hence the token; with no token configured it is disabled.
+* ``POST /keys[?deployment_id=ID]`` - body: serialized evaluation keys.
+* ``POST /predict?key_id=ID`` - body: one serialized encrypted input; returns
+  the serialized encrypted output.
+
+POST requests take a slot before reading their body; when every slot is taken
+the server answers 503 at once instead of queueing without bound. Circuits run
+on a fixed thread pool (Concrete releases the GIL while computing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.responses import JSONResponse, Response
+
+from fhe_model.server import FHEServer, ServerError, StoreLimits, retain_freed_memory
+
+logger = logging.getLogger(__name__)
+
+ADMIN_TOKEN_ENV = "FHE_ADMIN_TOKEN"
+_MiB = 1024 * 1024
+#: Ids are server-generated ``token_urlsafe`` strings; anything else is refused
+#: before it reaches a lookup.
+_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+
+
+def _usable_cpus() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class HTTPSettings:
+    """Request limits of the HTTP front end.
+
+    Attributes
+    ----------
+    max_ciphertext_bytes : int
+        Body limit of ``POST /predict`` (an MNIST input is ~19 kB).
+    max_key_bytes : int
+        Body limit of ``POST /keys`` (circuits with bootstrapping have keys of
+        tens of MB; this linear model's are 64 bytes).
+    max_deployment_bytes : int
+        Body limit of ``POST /deployments``.
+    workers : int
+        Threads running circuits; default: usable CPUs.
+    max_concurrent_requests : int
+        POST requests in progress (reading, queued or running) before new ones
+        get 503; default: twice ``workers``, so a core never idles between requests.
+    body_timeout_seconds : float
+        A body that has not fully arrived by then gets 408 and frees its slot.
+    """
+
+    max_ciphertext_bytes: int = 16 * _MiB
+    max_key_bytes: int = 256 * _MiB
+    max_deployment_bytes: int = 64 * _MiB
+    workers: int = field(default_factory=_usable_cpus)
+    max_concurrent_requests: int | None = None
+    body_timeout_seconds: float = 30.0
+
+    @property
+    def concurrency(self) -> int:
+        return self.max_concurrent_requests or 2 * self.workers
+
+
+class _Slots:
+    """A non-blocking counter; used only from the event loop thread, so no lock."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.in_use = 0
+
+    def try_acquire(self) -> bool:
+        if self.in_use >= self.limit:
+            return False
+        self.in_use += 1
+        return True
+
+    def release(self) -> None:
+        self.in_use -= 1
+
+
+async def _read_body(request: Request, limit: int, timeout: float) -> bytes:
+    """Read the body, refusing more than ``limit`` bytes whatever Content-Length says."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise HTTPException(400, "Invalid Content-Length header.")
+        if int(declared) > limit:
+            raise HTTPException(
+                413, f"The body ({declared} bytes) exceeds this endpoint's limit of {limit} bytes."
+            )
+    chunks: list[bytes] = []
+    size = 0
+
+    async def consume() -> None:
+        nonlocal size
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:  # chunked uploads declare no length
+                raise HTTPException(
+                    413, f"The body exceeds this endpoint's limit of {limit} bytes."
+                )
+            chunks.append(chunk)
+
+    try:
+        await asyncio.wait_for(consume(), timeout)
+    except TimeoutError:
+        raise HTTPException(408, f"The body did not arrive within {timeout:g} s.") from None
+    return b"".join(chunks)
+
+
+def _check_admin(request: Request, admin_token: str | None) -> None:
+    if not admin_token:
+        raise HTTPException(
+            403,
+            "Deployment uploads are disabled on this server: start it with "
+            f"{ADMIN_TOKEN_ENV}=<token> (or --admin-token) to enable them.",
+        )
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise HTTPException(
+            401, "Missing admin token: send 'Authorization: Bearer <token>'.",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    if not hmac.compare_digest(token.strip().encode(), admin_token.encode()):
+        raise HTTPException(403, "Wrong admin token.")
+
+
+def create_app(
+    fhe_server: FHEServer,
+    *,
+    admin_token: str | None = None,
+    settings: HTTPSettings | None = None,
+) -> FastAPI:
+    """Build the FastAPI application around an :class:`FHEServer`.
+
+    Parameters
+    ----------
+    fhe_server : FHEServer
+        Holds deployments and keys.
+    admin_token : str, optional
+        Bearer token for ``POST /deployments``; ``None`` disables uploads.
+    settings : HTTPSettings, optional
+        Request limits.
+
+    Returns
+    -------
+    FastAPI
+        The ASGI app.
+    """
+    settings = settings or HTTPSettings()
+    slots = _Slots(settings.concurrency)
+    state: dict[str, Any] = {}
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        # One pool for the server's life: no thread is spawned per request.
+        state["executor"] = ThreadPoolExecutor(settings.workers, thread_name_prefix="fhe-run")
+        state["loop"] = asyncio.get_running_loop()
+        try:
+            yield
+        finally:
+            state["executor"].shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title="FHE model server", lifespan=lifespan, docs_url=None, redoc_url=None)
+
+    @app.exception_handler(ServerError)
+    async def _server_error(_request: Request, exc: ServerError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=exc.status)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unexpected error", exc_info=exc)
+        return JSONResponse({"detail": "Internal server error."}, status_code=500)
+
+    async def heavy(request: Request, limit: int, job: Callable[[bytes], Any]) -> Any:
+        """Run ``job(body)`` on the pool, holding a slot from before the body is read."""
+        if not slots.try_acquire():
+            raise HTTPException(
+                503,
+                f"Server busy ({slots.limit} requests in progress); retry shortly.",
+                headers={"Retry-After": "1"},
+            )
+        try:
+            body = await _read_body(request, limit, settings.body_timeout_seconds)
+            future = state["executor"].submit(job, body)
+        except BaseException:
+            slots.release()
+            raise
+        loop = state["loop"]
+
+        def release(_future) -> None:
+            # The slot is freed when the computation ends, even if the client left.
+            try:
+                loop.call_soon_threadsafe(slots.release)
+            except RuntimeError:  # loop already closed at shutdown
+                pass
+
+        future.add_done_callback(release)
+        return await asyncio.wrap_future(future)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {
+            "status": "ok",
+            **fhe_server.stats(),
+            "uploads_enabled": bool(admin_token),
+            "workers": settings.workers,
+            "max_concurrent_requests": slots.limit,
+            "requests_in_progress": slots.in_use,
+        }
+
+    @app.get("/client.zip")
+    async def client_zip(
+        deployment_id: str | None = Query(None, pattern=_ID_PATTERN),
+    ) -> Response:
+        data = fhe_server.client_zip(deployment_id)
+        return Response(
+            data,
+            media_type="application/zip",
+            headers={"Content-Disposition": 'attachment; filename="client.zip"'},
+        )
+
+    @app.post("/deployments", status_code=201)
+    async def add_deployment(request: Request) -> dict[str, str]:
+        _check_admin(request, admin_token)
+        deployment_id = await heavy(
+            request, settings.max_deployment_bytes, fhe_server.add_deployment_bytes
+        )
+        return {"deployment_id": deployment_id}
+
+    @app.post("/keys", status_code=201)
+    async def upload_keys(
+        request: Request, deployment_id: str | None = Query(None, pattern=_ID_PATTERN)
+    ) -> dict[str, str]:
+        resolved = fhe_server.resolve_deployment(deployment_id)
+        key_id = await heavy(
+            request, settings.max_key_bytes, lambda body: fhe_server.register_keys(body, resolved)
+        )
+        return {"key_id": key_id, "deployment_id": resolved}
+
+    @app.post("/predict")
+    async def predict(request: Request, key_id: str = Query(..., pattern=_ID_PATTERN)) -> Response:
+        received = time.perf_counter()
+
+        def job(body: bytes) -> tuple[bytes, float, float]:
+            start = time.perf_counter()
+            output = fhe_server.run(key_id, body)
+            return output, start, time.perf_counter()
+
+        output, started, finished = await heavy(request, settings.max_ciphertext_bytes, job)
+        # Server-Timing lets a client tell FHE compute time from transport and queueing.
+        timing = (
+            f"queue;dur={1000 * (started - received):.2f}, fhe;dur={1000 * (finished - started):.2f}, "
+            f"total;dur={1000 * (time.perf_counter() - received):.2f}"
+        )
+        return Response(output, media_type="application/octet-stream", headers={"Server-Timing": timing})
+
+    return app
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(f"Cannot listen on {host}:{port} ({exc.strerror}); pick another --port.") from exc
+    return sock
+
+
+def _url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def build_server(
+    deployment_dirs: list[str | os.PathLike] | tuple[str | os.PathLike, ...] = (),
+    limits: StoreLimits | None = None,
+) -> FHEServer:
+    """Create an :class:`FHEServer` with deployment directories loaded; the first is the default.
+
+    Also tunes this process's allocator for repeated circuit runs
+    (:func:`fhe_model.server.retain_freed_memory`).
+
+    Parameters
+    ----------
+    deployment_dirs : sequence of path-like
+        Deployment directories to serve (they never expire).
+    limits : StoreLimits, optional
+        TTLs and caps.
+
+    Returns
+    -------
+    FHEServer
+        Ready to wrap with :func:`create_app`.
+    """
+    retain_freed_memory()
+    fhe_server = FHEServer(limits)
+    for index, directory in enumerate(deployment_dirs):
+        deployment_id = fhe_server.add_deployment_dir(directory, default=index == 0)
+        logger.info("deployment %s: %s%s", deployment_id, directory, " (default)" if index == 0 else "")
+    return fhe_server
+
+
+@dataclass
+class LocalServer:
+    """A server running in a background thread of this process.
+
+    Attributes
+    ----------
+    url : str
+        e.g. ``"http://127.0.0.1:43117"``.
+    admin_token : str or None
+        Token for ``POST /deployments``.
+    fhe_server : FHEServer
+        The server-role object (public material only).
+    """
+
+    url: str
+    admin_token: str | None
+    fhe_server: FHEServer
+    _uvicorn: Any = field(repr=False)
+    _thread: threading.Thread = field(repr=False)
+
+    @property
+    def default_deployment_id(self) -> str | None:
+        return self.fhe_server.default_deployment_id
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop serving and wait for the thread to end.
+
+        Parameters
+        ----------
+        timeout : float
+            Seconds to wait.
+        """
+        self._uvicorn.should_exit = True
+        self._thread.join(timeout)
+
+    def __enter__(self) -> LocalServer:
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.stop()
+
+
+def start_local_server(
+    deployment_dir: str | os.PathLike | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    admin_token: str | None = None,
+    enable_uploads: bool = True,
+    settings: HTTPSettings | None = None,
+    limits: StoreLimits | None = None,
+    startup_timeout: float = 60.0,
+) -> LocalServer:
+    """Start the HTTP server in a background thread (nothing starts at import).
+
+    Parameters
+    ----------
+    deployment_dir : path-like, optional
+        Default deployment to serve.
+    host : str, default="127.0.0.1"
+        Interface to bind; keep loopback unless behind a TLS proxy.
+    port : int, default=0
+        0 picks a free port (see ``.url``).
+    admin_token : str, optional
+        Token for deployment uploads; a random one is generated if omitted
+        and ``enable_uploads``.
+    enable_uploads : bool, default=True
+        False disables ``POST /deployments`` (403).
+    settings : HTTPSettings, optional
+        Request limits.
+    limits : StoreLimits, optional
+        Key/deployment TTLs and caps.
+    startup_timeout : float
+        Seconds to wait for the server to accept connections.
+
+    Returns
+    -------
+    LocalServer
+        Handle with ``.url``, ``.admin_token`` and ``.stop()``.
+
+    Raises
+    ------
+    RuntimeError
+        If the server did not start.
+    """
+    import uvicorn
+
+    if enable_uploads and not admin_token:
+        admin_token = secrets.token_urlsafe(24)
+    if not enable_uploads:
+        admin_token = None
+    fhe_server = build_server([deployment_dir] if deployment_dir is not None else [], limits)
+    app = create_app(fhe_server, admin_token=admin_token, settings=settings)
+    sock = _bind(host, port)
+    config = uvicorn.Config(
+        app, log_level="warning", access_log=False, timeout_keep_alive=30, lifespan="on", ws="none"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name="fhe-http-server", daemon=True
+    )
+    thread.start()
+    deadline = time.monotonic() + startup_timeout
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if not server.started:
+        server.should_exit = True
+        sock.close()
+        raise RuntimeError(f"The FHE server did not start on {host}:{port} within {startup_timeout:g} s.")
+    return LocalServer(url=_url(sock), admin_token=admin_token, fhe_server=fhe_server,
+                       _uvicorn=server, _thread=thread)
+
+
+def serve(
+    deployment_dirs: list[str | os.PathLike] | tuple[str | os.PathLike, ...] = (),
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    admin_token: str | None = None,
+    settings: HTTPSettings | None = None,
+    limits: StoreLimits | None = None,
+    log_level: str = "info",
+) -> None:
+    """Serve in the foreground until interrupted (``python -m fhe_model serve``).
+
+    Parameters
+    ----------
+    deployment_dirs : sequence of path-like
+        Deployments to serve; the first is the default.
+    host, port : str, int
+        Where to listen.
+    admin_token : str, optional
+        Enables ``POST /deployments``; defaults to ``$FHE_ADMIN_TOKEN``.
+    settings : HTTPSettings, optional
+        Request limits.
+    limits : StoreLimits, optional
+        TTLs and caps.
+    log_level : str
+        uvicorn log level.
+
+    Raises
+    ------
+    ValueError
+        If there is nothing to serve or a deployment directory is invalid.
+    OSError
+        If the address cannot be bound.
+    """
+    import uvicorn
+
+    admin_token = admin_token or os.environ.get(ADMIN_TOKEN_ENV) or None
+    if not deployment_dirs and not admin_token:
+        raise ValueError(
+            "Nothing to serve: pass --deployment DIR, or set FHE_ADMIN_TOKEN to accept uploads."
+        )
+    sock = _bind(host, port)  # before loading circuits, so a busy port fails fast
+    try:
+        fhe_server = build_server(list(deployment_dirs), limits)
+    except BaseException:
+        sock.close()
+        raise
+    app = create_app(fhe_server, admin_token=admin_token, settings=settings)
+    if not _is_loopback(host):
+        logger.warning(
+            "Listening on %s over plain HTTP: ciphertexts are safe, but put the server behind "
+            "TLS before sending an admin token over a network.", host,
+        )
+    logger.info(
+        "FHE server on %s, default deployment %s, uploads %s",
+        _url(sock), fhe_server.default_deployment_id, "enabled" if admin_token else "disabled",
+    )
+    config = uvicorn.Config(app, log_level=log_level, timeout_keep_alive=30, lifespan="on", ws="none")
+    uvicorn.Server(config).run(sockets=[sock])
