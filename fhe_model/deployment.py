@@ -415,3 +415,37 @@ def read_report(directory: str | os.PathLike) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def remove_circuit_files(circuit_server: Any) -> bool:
+    """Delete the temporary directory Concrete compiled a circuit's library into.
+
+    Concrete creates one such directory (about 100 kB) for every compile and
+    every loaded ``server.zip`` and never deletes it (its ``Server.cleanup`` is
+    a no-op), so a long-lived process would leak one per session. Call this
+    when the circuit is no longer needed; a run already in progress is not
+    affected, since the library stays mapped until it is unloaded.
+
+    Parameters
+    ----------
+    circuit_server : concrete.fhe.Server
+        The circuit's server object (``FHEModelServer.server`` or
+        ``model.fhe_circuit.server``).
+
+    Returns
+    -------
+    bool
+        Whether a directory was removed. Only directories inside the system
+        temporary directory are ever touched.
+    """
+    import shutil
+    import tempfile
+
+    try:
+        path = Path(circuit_server._library.get_output_dir_path()).resolve()
+    except (AttributeError, RuntimeError, TypeError):
+        return False
+    if path.parent != Path(tempfile.gettempdir()).resolve() or not path.is_dir():
+        return False
+    shutil.rmtree(path, ignore_errors=True)
+    return True

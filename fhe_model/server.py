@@ -32,6 +32,7 @@ from fhe_model.deployment import (
     check_client_zip,
     check_server_zip,
     deployment_paths,
+    remove_circuit_files,
     split_upload,
 )
 
@@ -162,6 +163,7 @@ def _load_fhe_server(server_zip: bytes) -> Any:
     # compiles it into its own temporary directory, so ours can go right away.
     with tempfile.TemporaryDirectory(prefix="fhe-upload-") as tmp:
         Path(tmp, SERVER_ZIP).write_bytes(server_zip)
+        before = _temp_dirs()
         try:
             return FHEModelServer(tmp)
         except ValueError as exc:  # concrete's version check
@@ -171,6 +173,37 @@ def _load_fhe_server(server_zip: bytes) -> Any:
             ) from exc
         except (RuntimeError, KeyError, OSError) as exc:
             raise MalformedPayloadError(f"server.zip could not be loaded: {exc}") from exc
+        finally:
+            _remove_unpacked_copies(server_zip, _temp_dirs() - before)
+
+
+def _temp_dirs() -> set[Path]:
+    return {p for p in Path(tempfile.gettempdir()).glob("tmp*") if p.is_dir()}
+
+
+def _remove_unpacked_copies(server_zip: bytes, candidates: set[Path]) -> None:
+    """Delete the directories Concrete unpacked ``server_zip`` into while loading it.
+
+    Concrete unpacks a server.zip into a fresh temporary directory, compiles it
+    into another (removed with the deployment, see ``remove_circuit_files``)
+    and never deletes the first. Only a directory whose files are exactly the
+    archive's, byte for byte, is removed, so nobody else's files are touched.
+    """
+    import io
+    import shutil
+    import zipfile
+
+    with zipfile.ZipFile(io.BytesIO(server_zip)) as archive:
+        members = {name: archive.read(name) for name in archive.namelist() if not name.endswith("/")}
+    for directory in candidates:
+        try:
+            files = {p.name: p for p in directory.iterdir()}
+            if set(files) == set(members) and all(
+                files[name].read_bytes() == content for name, content in members.items()
+            ):
+                shutil.rmtree(directory, ignore_errors=True)
+        except OSError:
+            continue
 
 
 class FHEServer:
@@ -271,11 +304,11 @@ class FHEServer:
         return deployment_id
 
     def _drop_deployment_locked(self, deployment_id: str) -> None:
-        self._deployments.pop(deployment_id, None)
+        entry = self._deployments.pop(deployment_id, None)
         for key_id in [k for k, e in self._keys.items() if e.deployment_id == deployment_id]:
             self._drop_key_locked(key_id)
-        # Concrete keeps each loaded circuit's compiled library in a temporary
-        # directory it never deletes; that is ~100 kB per upload, not reclaimed.
+        if entry is not None:
+            remove_circuit_files(entry.fhe_server.server)
         logger.info("deployment %s dropped", deployment_id)
 
     def _deployment_locked(self, deployment_id: str | None) -> _Deployment:
