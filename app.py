@@ -1,0 +1,114 @@
+"""Gradio demo: federated learning with Flower, then inference on encrypted data with Concrete ML.
+
+``python app.py`` starts an FHE server on 127.0.0.1 (unless ``$FHE_SERVER_URL``
+names one, with ``$FHE_ADMIN_TOKEN``) and serves the demo; it honours
+``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT``. This file only builds the
+Blocks and launches them: each tab lives in :mod:`ui`, the logic in
+``fl_training`` and ``fhe_model``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import gradio as gr
+
+from ui import about_tab, compile_tab, evaluation_tab, inference_tab, training_tab
+from ui.common import DemoContext, pipeline_status
+from ui.session import DemoSession, FHEServerHandle, SessionRegistry
+
+TITLE = "Private ML end to end: federated learning + encrypted inference"
+MAX_UPLOAD_SIZE = "5mb"
+CSS = """
+.gradio-container { max-width: 1280px !important; }
+#pipeline { font-size: 0.92em; }
+"""
+
+
+def _close_state(session: DemoSession | None) -> None:
+    if session is not None:
+        session.close()
+
+
+def build_demo(registry: SessionRegistry | None = None) -> gr.Blocks:
+    """Build the demo's Blocks (starts nothing).
+
+    Parameters
+    ----------
+    registry : SessionRegistry, optional
+        Sessions and the FHE server they use; by default one configured from
+        ``$FHE_SERVER_URL`` / ``$FHE_ADMIN_TOKEN`` (a local server otherwise,
+        started on first use).
+
+    Returns
+    -------
+    gr.Blocks
+        The demo, with its queue configured; ``demo.registry`` is the registry.
+    """
+    if registry is None:
+        registry = SessionRegistry(FHEServerHandle.from_env())
+    with gr.Blocks(title="FL + FHE demo") as demo:
+        state = gr.State(None, delete_callback=_close_state)
+        ctx = DemoContext(demo=demo, registry=registry, state=state)
+        gr.Markdown(f"# {TITLE}")
+        pipeline = gr.Markdown(pipeline_status(None), elem_id="pipeline")
+        with gr.Tabs():
+            with gr.Tab("1 · Federated training", id="train"):
+                training_tab.build(ctx, pipeline)
+            with gr.Tab("2 · Convert & compile", id="compile"):
+                compile_tab.build(ctx, pipeline)
+            with gr.Tab("3 · Encrypted inference", id="inference") as inference:
+                inference_tab.build(ctx, pipeline, inference)
+            with gr.Tab("4 · Encrypted evaluation", id="evaluation"):
+                evaluation_tab.build(ctx, pipeline)
+            with gr.Tab("5 · About", id="about"):
+                about_tab.build()
+
+        def end_session(request: gr.Request) -> None:
+            # Runs when the tab closes: the private key goes now, not when gr.State expires.
+            registry.close(request.session_hash)
+
+        demo.unload(end_session)
+    demo.queue(max_size=32)
+    demo.registry = registry  # type: ignore[attr-defined]
+    return demo
+
+
+def launch_options(registry: SessionRegistry) -> dict[str, Any]:
+    """Keyword arguments of ``demo.launch`` shared by ``main`` and the tests.
+
+    Parameters
+    ----------
+    registry : SessionRegistry
+        Its key directory is blocked from file serving.
+
+    Returns
+    -------
+    dict
+        Theme, CSS, upload limit, blocked paths.
+    """
+    return {
+        "theme": gr.themes.Soft(primary_hue="orange", secondary_hue="blue"),
+        "css": CSS,
+        "max_file_size": MAX_UPLOAD_SIZE,
+        "blocked_paths": [str(registry.keys_root)],
+    }
+
+
+def main() -> None:
+    """Start the FHE server, then serve the demo until interrupted."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    registry = SessionRegistry(FHEServerHandle.from_env())
+    url = registry.server.start()
+    logging.getLogger(__name__).info("FHE server: %s", url)
+    demo = build_demo(registry)
+    try:
+        demo.launch(**launch_options(registry))
+    finally:
+        registry.close_all()
+        registry.server.stop()
+
+
+if __name__ == "__main__":
+    main()
