@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 
 from fl_training.datasets import DATASET_NAMES, DEFAULT_DATASET, DatasetUnavailableError
@@ -47,9 +46,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if not args.verbose:
-        # Flower resets its logger's level when a simulation starts; a filter stays.
-        logging.getLogger("flwr").addFilter(lambda record: record.levelno >= logging.WARNING)
     try:
         config = TrainingConfig(
             dataset=args.dataset,
@@ -69,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         from fl_training.simulation import TrainingResult, stream_training
 
         result = None
-        for item in stream_training(config):
+        for item in stream_training(config, flower_logs=args.verbose):
             if isinstance(item, TrainingResult):
                 result = item
                 continue

@@ -133,6 +133,15 @@ def validate_config(cfg: TrainingConfig) -> None:
             raise ValueError(f"{name} must be a number from {low:g} to {high:g}, got {value!r}.")
     if not _is_number(cfg.seed) or int(cfg.seed) != cfg.seed or not 0 <= cfg.seed < 2**32:
         raise ValueError(f"seed must be a whole number from 0 to 2**32-1, got {cfg.seed!r}.")
+    if cfg.differential_privacy:
+        # Flower's privacy accountant covers FedAvg aggregation with positive noise only.
+        if cfg.strategy != "fedavg":
+            raise ValueError(
+                f"Differential privacy needs strategy 'fedavg' (its accounting assumes FedAvg); "
+                f"got {cfg.strategy!r}."
+            )
+        if cfg.noise_multiplier <= 0:
+            raise ValueError("Differential privacy needs noise_multiplier > 0, e.g. 0.5 or 1.0.")
 
 
 def check_fits_dataset(cfg: TrainingConfig, dataset: Dataset) -> None:

@@ -85,6 +85,8 @@ def test_client_missing_classes_still_trains_over_the_global_label_set():
         (dict(partitioning="shards"), "partitioning"),
         (dict(strategy="fedsgd"), "strategy"),
         (dict(dataset="cifar"), "dataset"),
+        (dict(differential_privacy=True, strategy="fedmedian"), "fedavg"),
+        (dict(differential_privacy=True, noise_multiplier=0.0), "noise_multiplier"),
     ],
 )
 def test_invalid_settings_are_refused_with_a_message(bad, match):

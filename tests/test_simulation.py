@@ -100,3 +100,41 @@ def test_cli_rejects_bad_values_with_a_message():
     )
     assert proc.returncode == 2
     assert "num_clients" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _descendants(pid: int) -> set[int]:
+    import psutil
+
+    return {p.pid for p in psutil.Process(pid).children(recursive=True)}
+
+
+def test_closing_the_stream_stops_the_run_and_the_next_one_starts():
+    import os
+
+    before = _descendants(os.getpid())
+    stream = stream_training(TrainingConfig(**{**SMALL, "num_rounds": 20}))
+    first = next(stream)
+    assert first.round == 0
+    stream.close()  # the user left mid-run
+    leftovers = _descendants(os.getpid()) - before
+    assert not leftovers, f"processes of the aborted run are still alive: {leftovers}"
+    assert train(TrainingConfig(**{**SMALL, "num_rounds": 1})).accuracy > 0.5
+
+
+def test_training_is_not_disturbed_by_maths_in_other_threads():
+    stop = threading.Event()
+
+    def busy():
+        a = np.random.default_rng(0).random((300, 300))
+        while not stop.is_set():
+            a = a @ a.T
+            a /= np.abs(a).max()
+
+    worker = threading.Thread(target=busy, daemon=True)
+    worker.start()
+    try:
+        result = train(TrainingConfig(**{**SMALL, "num_rounds": 1}))
+    finally:
+        stop.set()
+        worker.join()
+    assert result.accuracy > 0.5
