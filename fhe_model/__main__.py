@@ -172,7 +172,8 @@ def cmd_client(args: argparse.Namespace) -> None:
     data = {**report.to_dict(), "server": args.server,
             "private_key_bytes": keygen.private_key_bytes,
             "evaluation_key_bytes": keygen.evaluation_key_bytes,
-            "client_zip_bytes": len(client_zip)}
+            "client_zip_bytes": len(client_zip),
+            "predictions": [sample.prediction for sample in report.samples]}
     _emit(args, f"Encrypted inference on {args.server} ({len(X)} {dataset.name} samples)", data)
 
 

@@ -132,6 +132,8 @@ def test_serve_and_bring_your_own_client(served, digits_deployment, tmp_path):
     assert report["mode"] == "http" and report["n_samples"] == 3
     assert report["encrypted_accuracy"] == pytest.approx((digits_deployment.expected(X) == y).mean())
     assert report["private_key_bytes"] == sum(p.stat().st_size for p in key_dir.rglob("*") if p.is_file())
+    # The decrypted predictions are the clear scikit-learn model's.
+    assert report["predictions"] == digits_deployment.model.predict(X).tolist()
 
 
 def test_client_user_errors(served, capsys, tmp_path):
