@@ -45,10 +45,11 @@ def train(msg: Message, context: Context) -> Message:
     dataset = load_dataset(cfg.dataset)
     scaling = feature_scaling(dataset)
     X_train, y_train, _, _ = client_data(cfg, partition_id)
+    X_scaled = scaling.transform(X_train)
 
     global_params = msg.content["arrays"].to_numpy_ndarrays()
     model = set_parameters(new_model(cfg.local_epochs), global_params, dataset.classes)
-    fit_local(model, scaling.transform(X_train), y_train, dataset.classes)
+    fit_local(model, X_scaled, y_train, dataset.classes)
     params = get_parameters(model)
 
     mu = float(msg.content["config"].get("proximal-mu", 0.0))
@@ -58,7 +59,6 @@ def train(msg: Message, context: Context) -> Message:
         params = [(p + mu * g) / (1.0 + mu) for p, g in zip(params, global_params, strict=True)]
         set_parameters(model, params, dataset.classes)
 
-    X_scaled = scaling.transform(X_train)
     accuracy, loss = evaluate(model, X_scaled, y_train)
     # Under differential privacy, Flower's accountant needs equal client
     # weights: every update counts once, whatever the partition's size.
