@@ -16,10 +16,23 @@ import gradio as gr
 
 from ui import about_tab, compile_tab, evaluation_tab, inference_tab, training_tab
 from ui.common import DemoContext, pipeline_status
-from ui.session import DemoSession, FHEServerHandle, SessionRegistry
+from ui.session import (
+    DEFAULT_IDLE_TTL_SECONDS,
+    MAX_MODEL_FILE_BYTES,
+    DemoSession,
+    FHEServerHandle,
+    SessionRegistry,
+)
 
 TITLE = "Private ML end to end: federated learning + encrypted inference"
-MAX_UPLOAD_SIZE = "5mb"
+#: Gradio's cached files that no session holds (sample pictures, sketches) are
+#: deleted every 15 minutes once older than a session's idle TTL; files that a
+#: session holds go when it ends (see ``ui.common.serve_file``).
+DELETE_CACHE = (900, int(DEFAULT_IDLE_TTL_SECONDS))
+#: Sessions whose UI state Gradio keeps in memory (it keeps ~0.3-1 MB per session,
+#: closed ones included, up to 10,000 by default). Far more than 2 vCPUs serve at
+#: once; a session pushed out keeps its work, which ``ui.session.SessionRegistry`` holds.
+STATE_SESSION_CAPACITY = 128
 CSS = """
 .gradio-container { max-width: 1280px !important; }
 #pipeline { font-size: 0.92em; }
@@ -48,7 +61,7 @@ def build_demo(registry: SessionRegistry | None = None) -> gr.Blocks:
     """
     if registry is None:
         registry = SessionRegistry(FHEServerHandle.from_env())
-    with gr.Blocks(title="FL + FHE demo") as demo:
+    with gr.Blocks(title="FL + FHE demo", delete_cache=DELETE_CACHE) as demo:
         state = gr.State(None, delete_callback=_close_state)
         ctx = DemoContext(demo=demo, registry=registry, state=state)
         gr.Markdown(f"# {TITLE}")
@@ -86,13 +99,19 @@ def launch_options(registry: SessionRegistry) -> dict[str, Any]:
     Returns
     -------
     dict
-        Theme, CSS, upload limit, blocked paths.
+        Theme, CSS, upload limit (larger uploads get HTTP 413), blocked paths,
+        the bound on Gradio's per-session memory, and ``show_error``: handlers
+        already turn every exception into a message for the user; this adds
+        Gradio's own refusals of malformed API calls (e.g. a wrong number of
+        values), which are otherwise reported without a message.
     """
     return {
         "theme": gr.themes.Soft(primary_hue="orange", secondary_hue="blue"),
         "css": CSS,
-        "max_file_size": MAX_UPLOAD_SIZE,
+        "max_file_size": MAX_MODEL_FILE_BYTES,
         "blocked_paths": [str(registry.keys_root)],
+        "state_session_capacity": STATE_SESSION_CAPACITY,
+        "show_error": True,
     }
 
 

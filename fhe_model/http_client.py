@@ -172,6 +172,21 @@ class FHEServerClient:
         )
         return response.json()["deployment_id"]
 
+    def delete_deployment(self, deployment_id: str, admin_token: str) -> None:
+        """Drop an uploaded deployment and its keys from the server (admin only).
+
+        Parameters
+        ----------
+        deployment_id : str
+            From :meth:`add_deployment`.
+        admin_token : str
+            The server's admin token.
+        """
+        self._request(
+            "DELETE", "/deployments", params={"deployment_id": deployment_id},
+            headers={"Authorization": f"Bearer {admin_token}"},
+        )
+
     def upload_keys(self, evaluation_keys: bytes, deployment_id: str | None = None) -> str:
         """Upload serialized evaluation keys.
 
@@ -193,6 +208,16 @@ class FHEServerClient:
             headers={"Content-Type": "application/octet-stream"},
         )
         return response.json()["key_id"]
+
+    def delete_keys(self, key_id: str) -> None:
+        """Make the server forget evaluation keys now rather than at their TTL.
+
+        Parameters
+        ----------
+        key_id : str
+            From :meth:`upload_keys`.
+        """
+        self._request("DELETE", "/keys", params={"key_id": key_id})
 
     def predict(self, key_id: str, ciphertext: bytes) -> bytes:
         """Run the circuit on one encrypted input.

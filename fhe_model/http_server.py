@@ -7,7 +7,11 @@ Endpoints (all errors are JSON ``{"detail": "..."}``):
 * ``POST /deployments`` - body: server.zip (or a server.zip + client.zip
   bundle); needs ``Authorization: Bearer <admin token>``. Uploading a circuit
   is uploading code, hence the token; with no token configured it is disabled.
+* ``DELETE /deployments?deployment_id=ID`` - drops an uploaded deployment and
+  its keys now (admin token).
 * ``POST /keys[?deployment_id=ID]`` - body: serialized evaluation keys.
+* ``DELETE /keys?key_id=ID`` - forgets those keys now (the key id, a random
+  128-bit token, is the only credential: whoever holds it may already use them).
 * ``POST /predict?key_id=ID`` - body: one serialized encrypted input; returns
   the serialized encrypted output.
 
@@ -255,6 +259,14 @@ def create_app(
         )
         return {"deployment_id": deployment_id}
 
+    @app.delete("/deployments", status_code=204)
+    async def remove_deployment(
+        request: Request, deployment_id: str = Query(..., pattern=_ID_PATTERN)
+    ) -> Response:
+        _check_admin(request, admin_token)
+        fhe_server.remove_deployment(deployment_id)
+        return Response(status_code=204)
+
     @app.post("/keys", status_code=201)
     async def upload_keys(
         request: Request, deployment_id: str | None = Query(None, pattern=_ID_PATTERN)
@@ -264,6 +276,11 @@ def create_app(
             request, settings.max_key_bytes, lambda body: fhe_server.register_keys(body, resolved)
         )
         return {"key_id": key_id, "deployment_id": resolved}
+
+    @app.delete("/keys", status_code=204)
+    async def remove_keys(key_id: str = Query(..., pattern=_ID_PATTERN)) -> Response:
+        fhe_server.remove_keys(key_id)
+        return Response(status_code=204)
 
     @app.post("/predict")
     async def predict(request: Request, key_id: str = Query(..., pattern=_ID_PATTERN)) -> Response:

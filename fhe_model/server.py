@@ -69,6 +69,12 @@ class IncompatiblePayloadError(ServerError, ValueError):
     status = 422
 
 
+class PinnedDeploymentError(ServerError, PermissionError):
+    """A deployment loaded from a directory at start cannot be removed over the API."""
+
+    status = 403
+
+
 @dataclass(frozen=True)
 class StoreLimits:
     """Bounds on what clients can make the server keep.
@@ -155,13 +161,20 @@ def new_id() -> str:
     return secrets.token_urlsafe(16)
 
 
+#: Loads of server.zip files run one at a time: each one finds the directory
+#: Concrete unpacked it into by comparing the temp directory before and after,
+#: and two concurrent loads of the same bytes would each take the other's
+#: directory for their own (and delete it while it is being read).
+_LOAD_LOCK = threading.Lock()
+
+
 def _load_fhe_server(server_zip: bytes) -> Any:
     """Compile a checked server.zip into an FHEModelServer."""
     from concrete.ml.deployment import FHEModelServer
 
     # FHEModelServer wants a directory holding server.zip. Concrete unpacks and
     # compiles it into its own temporary directory, so ours can go right away.
-    with tempfile.TemporaryDirectory(prefix="fhe-upload-") as tmp:
+    with _LOAD_LOCK, tempfile.TemporaryDirectory(prefix="fhe-upload-") as tmp:
         Path(tmp, SERVER_ZIP).write_bytes(server_zip)
         before = _temp_dirs()
         try:
@@ -311,6 +324,36 @@ class FHEServer:
             remove_circuit_files(entry.fhe_server.server)
         logger.info("deployment %s dropped", deployment_id)
 
+    def remove_deployment(self, deployment_id: str) -> None:
+        """Drop an uploaded deployment, its keys and its compiled circuit's files now.
+
+        Parameters
+        ----------
+        deployment_id : str
+            From :meth:`add_deployment_bytes`.
+
+        Raises
+        ------
+        UnknownDeploymentError
+            If there is no such deployment.
+        PinnedDeploymentError
+            For a deployment loaded from a directory when the server started.
+        """
+        with self._lock:
+            entry = self._deployments.get(deployment_id)
+            if entry is None:
+                raise UnknownDeploymentError(
+                    f"Unknown deployment {deployment_id!r} (never added, expired or evicted)."
+                )
+            if entry.pinned:
+                raise PinnedDeploymentError(
+                    f"Deployment {deployment_id!r} was loaded from a directory when the server "
+                    "started; restart the server without it to remove it."
+                )
+            if self.default_deployment_id == deployment_id:
+                self.default_deployment_id = None
+            self._drop_deployment_locked(deployment_id)
+
     def _deployment_locked(self, deployment_id: str | None) -> _Deployment:
         if deployment_id is None:
             deployment_id = self.default_deployment_id
@@ -426,6 +469,24 @@ class FHEServer:
             ):
                 self._drop_key_locked(next(iter(self._keys)))
         return key_id
+
+    def remove_keys(self, key_id: str) -> None:
+        """Forget a client's evaluation keys now (the client is done with them).
+
+        Parameters
+        ----------
+        key_id : str
+            From :meth:`register_keys`.
+
+        Raises
+        ------
+        UnknownKeyError
+            If there are no such keys (never uploaded, expired, evicted or removed).
+        """
+        with self._lock:
+            if key_id not in self._keys:
+                raise UnknownKeyError(f"Unknown key_id {key_id!r} (never uploaded, expired or evicted).")
+            self._drop_key_locked(key_id)
 
     def _drop_key_locked(self, key_id: str) -> None:
         entry = self._keys.pop(key_id, None)

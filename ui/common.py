@@ -1,10 +1,11 @@
-"""Gradio glue shared by the tabs: error translation, session lookup, lenient inputs.
+"""Gradio glue shared by the tabs: error translation, session lookup, lenient inputs, served files.
 
 Kept small on purpose: the logic lives in :mod:`ui.session`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
@@ -12,6 +13,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import gradio as gr
@@ -24,8 +26,12 @@ from ui.session import DemoSession, SessionRegistry, StepError
 
 logger = logging.getLogger(__name__)
 
-#: Heavy events (training, compiling, batch evaluation) share one worker: on
-#: 2 vCPUs, two of them at once only make both slow. Queued users see their place.
+#: Federated trainings run one at a time (Flower's clients take both cores);
+#: queued users see their place. A queue of its own: most of a training is
+#: Ray starting up, and nobody's compile should wait behind someone's training.
+TRAINING = {"concurrency_limit": 1, "concurrency_id": "training"}
+#: Other heavy events (compiling, the n_bits sweep, batch evaluation) share one
+#: worker: on 2 vCPUs, two of them at once only make both slow.
 HEAVY = {"concurrency_limit": 1, "concurrency_id": "heavy"}
 #: The four steps take milliseconds to a second; a few may run at once.
 LIGHT = {"concurrency_limit": 4, "concurrency_id": "light"}
@@ -65,6 +71,80 @@ def lenient(component: ComponentT) -> ComponentT:
     """
     component.preprocess = _pass_through  # type: ignore[method-assign]
     return component
+
+
+# Gradio serves a file a handler returns from a copy in its cache folder, and
+# keeps uploads in that folder too; it deletes neither when the session ends.
+# Copies are named by content hash, so sessions that produce identical bytes
+# share one: each file is counted, and deleted when the last session holding it ends.
+_held: dict[Path, int] = {}
+_held_lock = threading.Lock()
+
+
+def _gradio_folder() -> Path:
+    from gradio.utils import get_upload_folder
+
+    return Path(get_upload_folder()).resolve()
+
+
+def _count_locked(path: Path) -> None:
+    _held[path] = _held.get(path, 0) + 1
+
+
+def _release(path: Path) -> None:
+    with _held_lock:
+        count = _held.pop(path, 1) - 1
+        if count > 0:
+            _held[path] = count
+            return
+        path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            path.parent.rmdir()  # its content-hash directory, once empty
+
+
+def hold_upload(session: DemoSession, path: str | None) -> None:
+    """Delete an uploaded file when ``session`` ends (files outside Gradio's folder are left alone).
+
+    Parameters
+    ----------
+    session : DemoSession
+        The session that uploaded it.
+    path : str or None
+        What the handler received.
+    """
+    if not path:
+        return
+    resolved = Path(path).resolve()
+    if _gradio_folder() not in resolved.parents:
+        return
+    with _held_lock:
+        _count_locked(resolved)
+    session.add_cleanup(functools.partial(_release, resolved))  # runs at once if the session has ended
+
+
+def serve_file(session: DemoSession, path: str | Path) -> str:
+    """The path a handler returns to offer ``path`` for download during ``session`` only.
+
+    Parameters
+    ----------
+    session : DemoSession
+        The session the file belongs to.
+    path : str or Path
+        A file in the session's work directory (never a key directory:
+        those are blocked from serving).
+
+    Returns
+    -------
+    str
+        Gradio's cached copy, deleted when the last session holding it ends.
+    """
+    from gradio.processing_utils import save_file_to_cache
+
+    with _held_lock:  # a copy being deleted is never handed out meanwhile
+        cached = Path(save_file_to_cache(path, str(_gradio_folder()))).resolve()
+        _count_locked(cached)
+    session.add_cleanup(functools.partial(_release, cached))
+    return str(cached)
 
 
 def _translate(exc: BaseException) -> gr.Error:

@@ -8,7 +8,7 @@ import gradio as gr
 import pandas as pd
 
 from ui import figures
-from ui.common import HEAVY, DemoContext, lenient, pipeline_status, user_errors
+from ui.common import HEAVY, DemoContext, lenient, pipeline_status, serve_file, user_errors
 from ui.session import SWEEP_N_BITS, SWEEP_SAMPLES, DemoSession, format_bytes
 
 DEFAULT_N_BITS = 8
@@ -109,7 +109,8 @@ def build(ctx: DemoContext, pipeline: gr.Markdown) -> None:
         files = session.deployment.files
         return (
             summary, compile_markdown(summary), accuracy_table(summary),
-            str(files.client_zip), str(files.server_zip), session, pipeline_status(session),
+            serve_file(session, files.client_zip), serve_file(session, files.server_zip), session,
+            pipeline_status(session),
         )
 
     compile_button.click(

@@ -18,6 +18,7 @@ Nothing here imports gradio: the tab modules in :mod:`ui` are thin wrappers.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -25,6 +26,7 @@ import shutil
 import tempfile
 import threading
 import time
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -34,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fl_training.datasets import DATASET_NAMES, Dataset, DatasetUnavailableError, load_dataset
-from fl_training.model_io import ModelFileError, check_model, load_model, save_model
+from fl_training.model_io import ModelFileError, load_model, save_model
 from fl_training.task import MAX_CLIENTS, MAX_LOCAL_EPOCHS, MAX_ROUNDS, TrainingConfig
 
 if TYPE_CHECKING:
@@ -66,6 +68,9 @@ INPUT_SOURCES: tuple[str, ...] = ("test sample", "drawing")
 
 #: Largest batch of the encrypted evaluation (a few minutes on 2 cores).
 MAX_EVALUATION_SAMPLES = 1000
+
+#: Largest drawing accepted, in pixels per side (the sketchpad sends 280).
+MAX_DRAWING_SIDE = 2048
 
 
 class StepError(ValueError):
@@ -328,7 +333,7 @@ def drawing_to_features(image: Any, dataset: Dataset) -> np.ndarray:
     Raises
     ------
     StepError
-        If the dataset is tabular or the drawing is blank.
+        If the dataset is tabular, or the drawing is blank or not an image.
     """
     from PIL import Image
 
@@ -341,16 +346,31 @@ def drawing_to_features(image: Any, dataset: Dataset) -> np.ndarray:
         image = image.get("composite")
     if image is None:
         raise StepError("The drawing is blank: draw a digit on the sketchpad first.")
-    pixels = np.asarray(image, dtype=np.float64)
+    try:
+        pixels = np.asarray(image, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise StepError(
+            f"Expected the drawing as an image (height × width × RGBA pixels), got {type(image).__name__}."
+        ) from exc
+    if pixels.ndim not in (2, 3) or (pixels.ndim == 3 and pixels.shape[2] not in (1, 3, 4)):
+        raise StepError(
+            "Expected the drawing as an image (height × width, with 1, 3 or 4 channels), "
+            f"got an array of shape {pixels.shape}."
+        )
+    if min(pixels.shape[:2]) < 1 or max(pixels.shape[:2]) > MAX_DRAWING_SIDE:
+        raise StepError(
+            f"The drawing must be 1 to {MAX_DRAWING_SIDE} pixels on a side, got "
+            f"{pixels.shape[0]}×{pixels.shape[1]}."
+        )
+    if not np.all(np.isfinite(pixels)) or pixels.min() < 0 or pixels.max() > 255:
+        raise StepError("The drawing's pixel values must be numbers from 0 to 255 (no NaN or infinity).")
     if pixels.ndim == 3:
         gray = pixels[..., :3].mean(axis=2)
         alpha = pixels[..., 3] / 255.0 if pixels.shape[2] == 4 else np.ones(gray.shape)
         ink = alpha * (255.0 - gray)
-    elif pixels.ndim == 2:
-        ink = 255.0 - pixels
     else:
-        raise StepError(f"Expected an image, got an array of shape {pixels.shape}.")
-    if ink.size == 0 or ink.max() < 32:
+        ink = 255.0 - pixels
+    if ink.max() < 32:
         raise StepError("The drawing is blank: draw a digit on the sketchpad first.")
     rows = np.flatnonzero((ink > 0.2 * ink.max()).any(axis=1))
     cols = np.flatnonzero((ink > 0.2 * ink.max()).any(axis=0))
@@ -374,26 +394,230 @@ def drawing_to_features(image: Any, dataset: Dataset) -> np.ndarray:
     return (out / out.max() * high).reshape(-1)
 
 
-def prepare_concrete_thread() -> None:
-    """Give the calling thread the thread-local state Concrete's tracer expects.
+def remove_compiled_files(compiled: CompiledModel) -> None:
+    """Delete the temporary directories Concrete compiled a model into.
 
-    Concrete 2.x creates ``threading.local()`` objects in
-    ``concrete.fhe.extensions`` and sets their attributes at import time, so
-    only the thread that imported Concrete can compile; any other thread fails
-    with ``'_thread._local' object has no attribute 'stack'``. Gradio runs each
-    event on a pool thread, so a second compile would fail. (Belongs in
-    ``fhe_model.developer.compile_model``; kept here until it moves there.)
+    Compiling leaves two (about 100 kB each): the circuit's library and its FHE
+    simulator's. Concrete never deletes them, so a long-lived app must.
+
+    Parameters
+    ----------
+    compiled : CompiledModel
+        From :func:`fhe_model.developer.compile_model`; unusable for FHE afterwards.
     """
-    import importlib
+    from fhe_model.deployment import remove_circuit_files
 
-    # Modules, not the same-named functions that concrete.fhe.extensions re-exports.
-    tag = importlib.import_module("concrete.fhe.extensions.tag")
-    if not hasattr(tag.tag_context, "stack"):
-        tag.tag_context.stack = []
-    for name in ("round_bit_pattern", "truncate_bit_pattern"):
-        local = importlib.import_module(f"concrete.fhe.extensions.{name}").local
-        if not hasattr(local, "_is_adjusting"):
-            local._is_adjusting = False
+    circuit = compiled.concrete_model.fhe_circuit
+    for server in (circuit.server, circuit.simulator):
+        remove_circuit_files(server)
+
+
+# --------------------------------------------------------------------------
+# Uploaded model files
+# --------------------------------------------------------------------------
+
+#: Largest model file read (the app's upload limit; an MNIST model is ~70 kB).
+MAX_MODEL_FILE_BYTES = 5 * 1024 * 1024
+#: Zip-bomb guards: what a model file may unpack to.
+MAX_MODEL_UNPACKED_BYTES = 64 * 1024 * 1024
+MAX_MODEL_ENTRIES = 256
+MAX_SCHEMA_NODES = 10_000
+
+#: The one class a model file may instantiate.
+MODEL_CLASS = "sklearn.linear_model._logistic.LogisticRegression"
+#: Every type an uploaded .skops file may name (``module.Class``): the model
+#: class and the plain containers, numbers, strings and arrays its fitted state
+#: is made of. skops's own default list trusts every scikit-learn estimator and
+#: more; this one is the explicit, smaller list a LogisticRegression needs.
+ALLOWED_SKOPS_TYPES = frozenset({
+    MODEL_CLASS,
+    "builtins.dict", "builtins.list", "builtins.tuple", "builtins.str", "builtins.int",
+    "builtins.float", "builtins.bool", "builtins.NoneType",
+    "numpy.ndarray", "numpy.int32", "numpy.int64", "numpy.float32", "numpy.float64",
+})
+#: How skops may rebuild them: no functions, methods, partials, reduce calls,
+#: random states or arbitrary objects.
+ALLOWED_SKOPS_LOADERS = frozenset({
+    "ObjectNode", "DictNode", "ListNode", "TupleNode", "JsonNode", "TypeNode", "NdArrayNode", "CachedNode",
+})
+#: Datasets that need a download, and the offline dataset with the same
+#: features and classes (not downloaded just to word an error message).
+_SAME_SHAPE_AS = {"mnist": "mnist-5k"}
+
+_SKOPS_HINT = "save a fitted scikit-learn LogisticRegression with skops.io.dump(model, 'model.skops')"
+
+
+def _skops_nodes(schema: Any) -> Iterator[dict[str, Any]]:
+    """Every node of a skops schema (iteratively: a deep file cannot exhaust the stack)."""
+    stack, seen = [schema], 0
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if "__loader__" in item:
+                seen += 1
+                if seen > MAX_SCHEMA_NODES:
+                    raise StepError(
+                        f"The model file describes more than {MAX_SCHEMA_NODES:,} objects; "
+                        f"a LogisticRegression needs a few dozen: {_SKOPS_HINT}."
+                    )
+                yield item
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+def audit_model_file(path: str | os.PathLike) -> None:
+    """Refuse a model file unless it is a small skops archive naming allowed types only.
+
+    Only the archive's table of contents and its ``schema.json`` are read:
+    no object is built and no code runs. Pickle and joblib files are refused
+    outright, since unpickling runs code.
+
+    Parameters
+    ----------
+    path : path-like
+        The uploaded file.
+
+    Raises
+    ------
+    StepError
+        Saying what is wrong with the file and how to save a usable one.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    if size > MAX_MODEL_FILE_BYTES:
+        raise StepError(
+            f"{path.name} is {format_bytes(size)}; model files may be at most "
+            f"{format_bytes(MAX_MODEL_FILE_BYTES)} (a LogisticRegression takes kilobytes)."
+        )
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if head != b"PK\x03\x04" or not zipfile.is_zipfile(path):  # skops files are zip archives
+        raise StepError(
+            f"{path.name} is not a skops file. Pickle/joblib files are refused because loading "
+            f"them runs code; {_SKOPS_HINT}."
+        )
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+            unpacked = sum(entry.file_size for entry in entries)
+            too_big = len(entries) > MAX_MODEL_ENTRIES or unpacked > MAX_MODEL_UNPACKED_BYTES
+            schema_bytes = None if too_big else archive.read("schema.json")
+        schema = None if too_big else json.loads(schema_bytes)
+    except KeyError:
+        raise StepError(
+            f"{path.name} has no schema.json, so it is not a skops file: {_SKOPS_HINT}."
+        ) from None
+    except (zipfile.BadZipFile, ValueError, RecursionError, OSError) as exc:
+        raise StepError(
+            f"{path.name} is not a valid skops file ({exc.__class__.__name__}): {_SKOPS_HINT}."
+        ) from exc
+    if too_big:
+        raise StepError(
+            f"{path.name} unpacks to {len(entries)} files and {format_bytes(unpacked)}; "
+            f"a model file may hold at most {MAX_MODEL_ENTRIES} files and "
+            f"{format_bytes(MAX_MODEL_UNPACKED_BYTES)}."
+        )
+    refused = set()
+    for node in _skops_nodes(schema):
+        loader = node.get("__loader__")
+        if loader == "CachedNode":  # a reference to an object described elsewhere in the file
+            continue
+        name = f"{node.get('__module__')}.{node.get('__class__')}"
+        if loader not in ALLOWED_SKOPS_LOADERS:
+            refused.add(f"{name} (as {loader})")
+        elif name not in ALLOWED_SKOPS_TYPES or (loader == "ObjectNode") != (name == MODEL_CLASS):
+            refused.add(name)
+    if refused:
+        listed = ", ".join(sorted(refused)[:5]) + (" …" if len(refused) > 5 else "")
+        raise StepError(
+            f"{path.name} contains types outside the allow-list: {listed}. Only a plain "
+            f"LogisticRegression is accepted: {_SKOPS_HINT}."
+        )
+
+
+def _describe_classes(classes: np.ndarray) -> str:
+    values = list(np.asarray(classes).tolist())
+    if (
+        len(values) > 2
+        and all(isinstance(v, int) for v in values)
+        and values == list(range(values[0], values[0] + len(values)))
+    ):
+        return f"{values[0]}–{values[-1]}"
+    shown = ", ".join(str(v) for v in values[:12])
+    return shown + (", …" if len(values) > 12 else "")
+
+
+def datasets_fitting(n_features: int, classes: Any) -> list[str]:
+    """Names of the demo's datasets with exactly these features and classes.
+
+    Parameters
+    ----------
+    n_features : int
+        Number of input features.
+    classes : array-like
+        Label set.
+
+    Returns
+    -------
+    list of str
+        Matching dataset names (datasets that need a download are matched
+        through an offline dataset of the same shape, never downloaded).
+    """
+    classes = np.asarray(classes)
+    fits = []
+    for name in DATASET_NAMES:
+        probe = _SAME_SHAPE_AS.get(name, name)
+        try:
+            dataset = load_dataset(probe) if probe in DATASET_NAMES else None
+        except DatasetUnavailableError:
+            continue
+        if (
+            dataset is not None
+            and dataset.n_features == n_features
+            and np.array_equal(dataset.classes, classes)
+        ):
+            fits.append(name)
+    return fits
+
+
+def check_model_fits(model: Any, dataset: Dataset) -> None:
+    """Refuse a model whose features or classes are not the dataset's, naming those that fit.
+
+    Parameters
+    ----------
+    model : LogisticRegression
+        A fitted model (already checked by :func:`fl_training.model_io.check_model`).
+    dataset : Dataset
+        The dataset selected in the UI.
+
+    Raises
+    ------
+    StepError
+        With the model's and the dataset's shapes and the datasets it would fit.
+    """
+    n_features = int(np.atleast_2d(model.coef_).shape[1])
+    classes = np.asarray(model.classes_)
+    if n_features != dataset.n_features:
+        problem = f"The model expects {n_features} features, but the dataset has {dataset.n_features}"
+    elif not np.array_equal(classes, dataset.classes):
+        problem = (f"The model predicts classes {_describe_classes(classes)}, but the dataset has "
+                   f"{_describe_classes(dataset.classes)}")
+    else:
+        return
+    shape = f"{n_features} features, classes {_describe_classes(classes)}"
+    fits = datasets_fitting(n_features, classes)
+    if fits:
+        advice = (f"The model ({shape}) fits {' or '.join(fits)}: select that dataset and press the "
+                  f"button again, or upload a model trained on {dataset.name}'s raw features.")
+    else:
+        offline = [get_dataset(name) for name in DATASET_NAMES if name not in _SAME_SHAPE_AS]
+        shapes = "; ".join(
+            f"{d.name}: {d.n_features} features, classes {_describe_classes(d.classes)}" for d in offline
+        )
+        advice = (f"No dataset of this demo fits the model ({shape}); they are {shapes}. Upload a "
+                  "LogisticRegression trained on the raw features of one of them.")
+    raise StepError(f"{problem} ({dataset.name}). {advice}")
 
 
 # --------------------------------------------------------------------------
@@ -582,13 +806,23 @@ class DemoSession:
     keys_root : path-like
         Parent of the sessions' private-key directories (each one ``0700``,
         random name, removed when the session closes).
+    work_root : path-like, optional
+        Parent of the session's directory of downloadable files (random name,
+        removed when the session closes); the system temp directory by default.
     """
 
-    def __init__(self, server: FHEServerHandle, keys_root: str | os.PathLike):
+    def __init__(
+        self,
+        server: FHEServerHandle,
+        keys_root: str | os.PathLike,
+        work_root: str | os.PathLike | None = None,
+    ):
         self.server = server
         self._keys_root = Path(keys_root)
+        self._work_root = Path(work_root) if work_root is not None else None
         self._busy = threading.Lock()
         self._work_dir: Path | None = None
+        self._cleanups: list[Callable[[], None]] = []
         self.closed = False
         self.last_used = time.monotonic()
         self.model: ModelStage | None = None
@@ -601,24 +835,36 @@ class DemoSession:
 
     # -- housekeeping ------------------------------------------------------
 
+    _ENDED = (
+        "This session has ended (the tab was closed or stayed idle too long) and its keys "
+        "were deleted. Reload the page to start again."
+    )
+
     @contextlib.contextmanager
     def _step(self, name: str) -> Iterator[None]:
-        """Run one step at a time per session; refuse steps of a closed session."""
+        """Run one step at a time per session; refuse steps of a closed session.
+
+        A session closed while a step runs is wiped when that step ends, so
+        whatever the step built is deleted too.
+        """
         if self.closed:
-            raise StepError(
-                "This session has ended (the tab was closed or stayed idle too long) and its keys "
-                "were deleted. Reload the page to start again."
-            )
+            raise StepError(self._ENDED)
         if not self._busy.acquire(blocking=False):
             raise StepError(
                 f"Another step of this session is still running; wait for it to finish, then retry {name}."
             )
+        if self.closed:  # closed between the check and the lock
+            self._busy.release()
+            self.close()
+            raise StepError(self._ENDED)
         try:
             self.last_used = time.monotonic()
             yield
         finally:
             self.last_used = time.monotonic()
             self._busy.release()
+            if self.closed:
+                self.close()
 
     @property
     def busy(self) -> bool:
@@ -627,32 +873,111 @@ class DemoSession:
     def _new_public_dir(self) -> Path:
         """A fresh directory for files the visitor may download (never keys)."""
         if self._work_dir is None:
-            self._work_dir = Path(tempfile.mkdtemp(prefix="fhe-demo-session-"))
+            if self._work_root is not None:
+                self._work_root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._work_dir = Path(tempfile.mkdtemp(prefix="session-", dir=self._work_root))
         return Path(tempfile.mkdtemp(dir=self._work_dir))
+
+    def add_cleanup(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` when the session is wiped (e.g. to delete a served copy of a file).
+
+        Parameters
+        ----------
+        callback : callable
+            Runs once; its exceptions are logged, not raised.
+        """
+        if self.closed:
+            callback()
+        else:
+            self._cleanups.append(callback)
 
     def close(self) -> None:
         """Wipe the session: delete the private key, downloads and everything built.
 
-        Safe to call more than once, and while a step runs (that step then fails).
+        Safe to call more than once and from any thread. While a step runs,
+        the wipe happens when that step ends (the step cannot store anything
+        on a closed session that outlives it).
         """
         self.closed = True
-        keys, work_dir = self.keys, self._work_dir
-        self.model = self.deployment = self.keys = None
+        if not self._busy.acquire(blocking=False):
+            return  # the running step calls close() again when it ends
+        try:
+            self._wipe()
+        finally:
+            self._busy.release()
+
+    def _wipe(self) -> None:
+        deployment, work_dir = self.deployment, self._work_dir
+        cleanups, self._cleanups = self._cleanups, []
+        self._drop_keys()
+        self.model = self.deployment = None
         self.encrypted = self.server_output = self.decrypted = self.evaluation = None
         self._work_dir = None
-        if keys is not None:
-            shutil.rmtree(keys.key_dir, ignore_errors=True)
+        self._retire_deployment(deployment)
         if work_dir is not None:
             shutil.rmtree(work_dir, ignore_errors=True)
+        for callback in cleanups:
+            try:
+                callback()
+            except Exception:  # one failed cleanup must not stop the others
+                logger.exception("session cleanup failed")
+
+    def _forget_on_server(self, what: str, call: Callable[[], None]) -> None:
+        """Best effort: the server drops it at its TTL anyway."""
+        from fhe_model.http_client import FHEServerError
+
+        try:
+            call()
+        except (FHEServerError, StepError) as exc:
+            if getattr(exc, "status_code", None) != 404:
+                logger.warning("could not remove %s from the FHE server: %s", what, exc)
 
     def _drop_keys(self) -> None:
+        """Delete the private key and ask the server to forget the evaluation keys."""
         keys, self.keys = self.keys, None
-        if keys is not None:
-            shutil.rmtree(keys.key_dir, ignore_errors=True)
+        if keys is None:
+            return
+        shutil.rmtree(keys.key_dir, ignore_errors=True)
+        self._forget_on_server("evaluation keys", lambda: self.server.client.delete_keys(keys.key_id))
+
+    def _retire_deployment(self, stage: CompiledStage | None) -> None:
+        """Free what a replaced or wiped deployment holds.
+
+        That is Concrete's compiled circuits, the deployment files, and the
+        server's copy (with any evaluation keys for it).
+        """
+        if stage is None:
+            return
+        remove_compiled_files(stage.compiled)
+        self._remove_public_dir(stage.files.directory)
+        if stage.server_deployment_id is not None:
+            deployment_id, stage.server_deployment_id = stage.server_deployment_id, None
+            self._forget_on_server(
+                "a deployment",
+                lambda: self.server.client.delete_deployment(deployment_id, self.server.admin_token),
+            )
+
+    def _remove_public_dir(self, path: Path) -> None:
+        """Delete the public directory holding ``path`` (only inside this session's work dir)."""
+        work_dir = self._work_dir
+        if work_dir is None or work_dir not in path.parents:
+            return
+        directory = path
+        while directory.parent != work_dir:
+            directory = directory.parent
+        shutil.rmtree(directory, ignore_errors=True)
+
+    def _replace_model(self, stage: ModelStage) -> None:
+        previous = self.model
+        self.model = stage
+        if previous is not None:
+            self._remove_public_dir(previous.model_file)
+        self._clear_after_model()
 
     def _clear_after_model(self) -> None:
-        self.deployment = None
+        deployment, self.deployment = self.deployment, None
         self._drop_keys()
+        self._retire_deployment(deployment)
         self._clear_after_keys()
 
     def _clear_after_keys(self) -> None:
@@ -760,8 +1085,7 @@ class DemoSession:
             summary["baseline_accuracy"] = baseline
             summary["source"] = "federated"
             model_file = save_model(result.model, self._new_public_dir() / "federated_model.skops")
-            self.model = ModelStage(result.model, dataset.name, "federated", summary, model_file)
-            self._clear_after_model()
+            self._replace_model(ModelStage(result.model, dataset.name, "federated", summary, model_file))
             yield summary
 
     def use_uploaded_model(self, path: str | os.PathLike | None, dataset_name: str) -> dict[str, Any]:
@@ -788,13 +1112,14 @@ class DemoSession:
             raise StepError("No file: choose a .skops model file to upload.")
         dataset = get_dataset(dataset_name)
         with self._step("the upload"):
+            audit_model_file(path)
             try:
-                model = load_model(path)
-                check_model(model, dataset.n_features, dataset.classes)
+                model = load_model(path)  # skops's own audit, then a load that runs no code
             except ModelFileError as exc:
                 raise StepError(str(exc)) from exc
             except (OSError, ValueError) as exc:
                 raise StepError(f"{Path(path).name} could not be read as a model: {exc}") from exc
+            check_model_fits(model, dataset)
             accuracy = float(model.score(dataset.X_test, dataset.y_test))
             summary = {
                 "source": "uploaded",
@@ -805,8 +1130,7 @@ class DemoSession:
                 "baseline_accuracy": None,
             }
             model_file = save_model(model, self._new_public_dir() / "uploaded_model.skops")
-            self.model = ModelStage(model, dataset.name, "uploaded", summary, model_file)
-            self._clear_after_model()
+            self._replace_model(ModelStage(model, dataset.name, "uploaded", summary, model_file))
             return summary
 
     # -- tab 2: compile ----------------------------------------------------
@@ -849,14 +1173,18 @@ class DemoSession:
         with self._step("compilation"):
             stage = self._require_model()
             dataset = get_dataset(stage.dataset)
-            prepare_concrete_thread()
             try:
                 compiled = compile_model(stage.model, dataset, n_bits=n_bits, calibration=calibration)
             except ValueError as exc:
                 raise StepError(str(exc)) from exc
-            files = save_deployment(compiled, self._new_public_dir() / "deployment")
-            self.deployment = CompiledStage(compiled, files)
+            try:
+                files = save_deployment(compiled, self._new_public_dir() / "deployment")
+            except BaseException:
+                remove_compiled_files(compiled)
+                raise
+            previous, self.deployment = self.deployment, CompiledStage(compiled, files)
             self._drop_keys()
+            self._retire_deployment(previous)
             self._clear_after_keys()
             return self.compile_summary()
 
@@ -915,13 +1243,13 @@ class DemoSession:
         with self._step("the n_bits sweep"):
             stage = self._require_model()
             dataset = get_dataset(stage.dataset)
-            prepare_concrete_thread()
             rows = []
             for n_bits in n_bits_values:
                 compiled = compile_model(
                     stage.model, dataset, n_bits=n_bits, calibration=calibration,
                     calibration_samples=SWEEP_CALIBRATION_SAMPLES, evaluation_samples=samples,
                 )
+                remove_compiled_files(compiled)  # only its report is kept
                 report = compiled.report
                 rows.append({
                     "n_bits": n_bits,
@@ -1072,9 +1400,15 @@ class DemoSession:
                 raise StepError(f"The FHE server could not run the circuit: {exc}") from exc
         stage = self._require_deployment()
         try:
-            stage.server_deployment_id = None
-            keys.deployment_id = self._server_deployment(stage)
-            keys.key_id = self.server.client.upload_keys(keys.client.evaluation_keys, keys.deployment_id)
+            try:
+                keys.key_id = self.server.client.upload_keys(keys.client.evaluation_keys, keys.deployment_id)
+            except FHEServerError as exc:
+                if exc.status_code != 404:
+                    raise
+                # The deployment is gone too (TTL, eviction, restart): upload it again.
+                stage.server_deployment_id = None
+                keys.deployment_id = self._server_deployment(stage)
+                keys.key_id = self.server.client.upload_keys(keys.client.evaluation_keys, keys.deployment_id)
             return self.server.client.predict(keys.key_id, ciphertext), True
         except FHEServerError as exc:
             raise StepError(f"The FHE server could not run the circuit: {exc}") from exc
@@ -1267,6 +1601,9 @@ class SessionRegistry:
         self.idle_ttl_seconds = idle_ttl_seconds
         #: Parent of every session's private-key directory; never served.
         self.keys_root = Path(tempfile.mkdtemp(prefix="fhe-demo-keys-"))
+        #: Parent of every session's directory of downloadable files (served
+        #: only through the copies handlers return).
+        self.work_root = Path(tempfile.mkdtemp(prefix="fhe-demo-work-"))
         self._sessions: dict[str, DemoSession] = {}
         self._lock = threading.Lock()
         self._sweeper: threading.Thread | None = None
@@ -1274,7 +1611,7 @@ class SessionRegistry:
 
     def new_session(self) -> DemoSession:
         """A session not tied to an id (tests, scripts)."""
-        return DemoSession(self.server, self.keys_root)
+        return DemoSession(self.server, self.keys_root, self.work_root)
 
     def resolve(self, session: DemoSession | None, session_id: str | None) -> DemoSession:
         """Return the caller's session, creating it on first use.
@@ -1358,7 +1695,7 @@ class SessionRegistry:
                 self._sweeper.start()
 
     def close_all(self) -> None:
-        """Wipe every session and the key root (app shutdown)."""
+        """Wipe every session, the key root and the work root (app shutdown)."""
         self._stop.set()
         with self._lock:
             sessions = list(self._sessions.values())
@@ -1366,3 +1703,4 @@ class SessionRegistry:
         for session in sessions:
             session.close()
         shutil.rmtree(self.keys_root, ignore_errors=True)
+        shutil.rmtree(self.work_root, ignore_errors=True)

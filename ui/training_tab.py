@@ -10,14 +10,31 @@ import pandas as pd
 from fl_training.datasets import DATASET_NAMES, DEFAULT_DATASET
 from fl_training.task import PARTITIONINGS, STRATEGIES
 from ui import figures
-from ui.common import HEAVY, LIGHT, PROGRESS, DemoContext, lenient, pipeline_status, user_errors
-from ui.session import Baseline, DemoSession, StepError, get_dataset, label_distribution, training_config
+from ui.common import (
+    LIGHT,
+    PROGRESS,
+    TRAINING,
+    DemoContext,
+    hold_upload,
+    lenient,
+    pipeline_status,
+    serve_file,
+    user_errors,
+)
+from ui.session import (
+    MAX_MODEL_FILE_BYTES,
+    Baseline,
+    DemoSession,
+    StepError,
+    get_dataset,
+    label_distribution,
+    training_config,
+)
 
 #: Defaults sized for a 2-core laptop: ~15 s for mnist-5k, Ray start-up included.
 DEFAULT_CLIENTS = 5
 DEFAULT_ROUNDS = 3
 DEFAULT_LOCAL_EPOCHS = 10
-MAX_UPLOAD_MB = 5
 
 ROUND_LOG_COLUMNS = ["round", "accuracy", "loss", "clients' accuracy", "seconds", "ε"]
 
@@ -41,6 +58,13 @@ def round_log(history: list[Any]) -> pd.DataFrame:
             None if r.epsilon is None else round(r.epsilon, 3),
         ])
     return pd.DataFrame(rows, columns=ROUND_LOG_COLUMNS)
+
+
+def samples_per_client(counts: Any) -> str:
+    """``"800 samples"`` when every client holds as many, else ``"790–810 samples"``."""
+    sizes = counts.sum(axis=1)
+    low, high = int(sizes.min()), int(sizes.max())
+    return f"{low:,} samples" if low == high else f"{low:,}–{high:,} samples"
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:
@@ -140,7 +164,8 @@ def build(ctx: DemoContext, pipeline: gr.Markdown) -> None:
         )
         with gr.Row():
             upload = gr.File(
-                label="Model file (.skops, at most 5 MB)", file_types=[".skops"], type="filepath"
+                label=f"Model file (.skops, at most {MAX_MODEL_FILE_BYTES // 2**20} MB)",
+                file_types=[".skops"], type="filepath",
             )
             with gr.Column():
                 use_upload = gr.Button("Use this model")
@@ -176,9 +201,8 @@ def build(ctx: DemoContext, pipeline: gr.Markdown) -> None:
             names = get_dataset(dataset).class_names
         except StepError as exc:
             return None, f"⚠ {exc}"
-        sizes = counts.sum(axis=1)
         note = (
-            f"{cfg.num_clients} clients hold {sizes.min()}–{sizes.max()} samples each; "
+            f"{cfg.num_clients} clients hold {samples_per_client(counts)} each; "
             f"on average {float((counts > 0).sum(axis=1).mean()):.1f} of {counts.shape[1]} labels."
         )
         return figures.label_distribution_figure(counts, names), note
@@ -236,7 +260,7 @@ def build(ctx: DemoContext, pipeline: gr.Markdown) -> None:
                     figures.training_figure(history, cfg.num_rounds, summary.get("baseline_accuracy")),
                     round_log(history),
                     summary_markdown(summary),
-                    str(session.model.model_file),
+                    serve_file(session, session.model.model_file),
                     session,
                     pipeline_status(session),
                 )
@@ -252,7 +276,7 @@ def build(ctx: DemoContext, pipeline: gr.Markdown) -> None:
     start.click(
         train, settings + [ctx.state],
         [summary_json, status, curves, log, summary_md, model_file, ctx.state, pipeline],
-        api_name="train", show_progress="full", show_progress_on=[status], **HEAVY,
+        api_name="train", show_progress="full", show_progress_on=[status], **TRAINING,
     )
 
     @user_errors
@@ -264,13 +288,14 @@ def build(ctx: DemoContext, pipeline: gr.Markdown) -> None:
     ):
         """Use an uploaded .skops model instead of training (API: /upload_model)."""
         session = ctx.session(state, request)
+        hold_upload(session, file)  # the upload is deleted with the session, used or refused
         summary = session.use_uploaded_model(file, dataset)
         text = (
             f"✓ Using the uploaded model: **{summary['accuracy']:.1%}** test accuracy "
             f"on {summary['dataset']}. "
             "Continue with tab 2."
         )
-        return summary, text, str(session.model.model_file), session, pipeline_status(session)
+        return summary, text, serve_file(session, session.model.model_file), session, pipeline_status(session)
 
     use_upload.click(
         upload_model, [upload, dataset, ctx.state],

@@ -1,0 +1,218 @@
+"""Load test: N concurrent sessions through the whole encrypted flow of a running app.
+
+Each session is its own ``gradio_client`` client (its own browser session as
+far as the app knows). All of them start together and run upload (or train),
+compile, keygen, encrypt, run_fhe and decrypt. Session k encrypts a test
+sample whose true label is k mod 10, so that an answer belonging to another
+session shows up as a wrong class; every decrypted prediction is checked
+against the clear model's prediction for that sample, computed here from the
+model file, and the label /encrypt reports against the dataset.
+
+Prints successes, errors, answers that do not belong to their session, and
+per-endpoint latency (p50 / p95 / max). Exits non-zero on any error or wrong
+answer. Not part of the test suite.
+
+Usage::
+
+    python app.py &
+    python benchmarks/load_test.py [--url http://127.0.0.1:7860/] [--sessions 10] [--train] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from gradio_client import Client, handle_file  # noqa: E402
+
+from fl_training.datasets import load_dataset  # noqa: E402
+from fl_training.model_io import load_model, save_model  # noqa: E402
+from fl_training.task import train_centralized  # noqa: E402
+
+STEPS = ("model", "compile", "keygen", "encrypt", "run_fhe", "decrypt")
+
+
+@dataclass
+class SessionResult:
+    """What one session saw."""
+
+    session: int
+    sample_index: int
+    seconds: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+    failed_step: str | None = None
+    label: int | None = None
+    encrypted_label: int | None = None
+    expected: int | None = None
+    prediction: int | None = None
+    app_clear_prediction: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.correct
+
+    @property
+    def correct(self) -> bool:
+        return (self.prediction is not None and self.prediction == self.expected
+                and self.encrypted_label == self.label)
+
+
+def pick_samples(dataset, model, sessions: int) -> list[int]:
+    """One distinct test index per session, with label k mod 10 (and classified right by ``model``)."""
+    y = np.asarray(dataset.y_test)
+    agree = model.predict(dataset.X_test) == y if model is not None else np.ones(len(y), bool)
+    classes = list(np.asarray(dataset.classes))
+    taken: set[int] = set()
+    picks = []
+    for k in range(sessions):
+        wanted = classes[k % len(classes)]
+        index = next(int(i) for i in np.flatnonzero((y == wanted) & agree) if int(i) not in taken)
+        taken.add(index)
+        picks.append(index)
+    return picks
+
+
+def run_session(args: argparse.Namespace, k: int, index: int, model_file: Path | None, dataset,
+                start: threading.Barrier, download_dir: Path) -> SessionResult:
+    result = SessionResult(session=k, sample_index=index, label=int(dataset.y_test[index]))
+    step = "connect"
+    try:
+        client = Client(args.url, verbose=False, download_files=str(download_dir / str(k)))
+        start.wait()
+
+        def timed(name: str, **kwargs):
+            nonlocal step
+            step = name
+            begin = time.perf_counter()
+            out = client.predict(**kwargs)
+            result.seconds[name] = time.perf_counter() - begin
+            return out
+
+        if args.train:
+            out = timed("model", dataset=args.dataset, num_clients=2, num_rounds=1, local_epochs=2, seed=k,
+                        api_name="/train")
+            model = load_model(out[5])  # the trained model file, downloaded
+        else:
+            timed("model", file=handle_file(str(model_file)), dataset=args.dataset, api_name="/upload_model")
+            model = load_model(model_file)
+        result.expected = int(model.predict(dataset.X_test[index : index + 1])[0])
+        timed("compile", n_bits=args.n_bits, calibration="data", api_name="/compile")
+        timed("keygen", api_name="/keygen")
+        encrypted = timed("encrypt", sample_index=index, source="test sample", api_name="/encrypt")[0]
+        result.encrypted_label = encrypted["label"]
+        timed("run_fhe", api_name="/run_fhe")
+        decrypted = timed("decrypt", api_name="/decrypt")[0]
+        result.prediction = decrypted["prediction"]
+        result.app_clear_prediction = decrypted["clear_prediction"]
+        client.close()
+    except Exception as exc:  # reported, never raised: one failed session must not hide the others
+        result.error = f"{exc.__class__.__name__}: {exc}"
+        result.failed_step = step
+        if args.verbose:
+            traceback.print_exc()
+    return result
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"n": 0}
+    array = np.asarray(values)
+    return {"n": len(values), "p50": float(np.percentile(array, 50)), "p95": float(np.percentile(array, 95)),
+            "max": float(array.max())}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", default="http://127.0.0.1:7860/")
+    parser.add_argument("--sessions", type=int, default=10)
+    parser.add_argument("--dataset", default="digits")
+    parser.add_argument("--n-bits", type=int, default=8)
+    parser.add_argument("--train", action="store_true",
+                        help="train each session's model with Flower (2 clients, 1 round; trainings queue "
+                             "one behind the other) instead of uploading one model")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--verbose", action="store_true", help="print tracebacks of failed sessions")
+    args = parser.parse_args(argv)
+    if args.sessions < 1:
+        parser.error("--sessions must be at least 1")
+    url = args.url if args.url.endswith("/") else args.url + "/"
+    args.url = url
+
+    dataset = load_dataset(args.dataset)
+    with tempfile.TemporaryDirectory(prefix="load-test-") as tmp:
+        tmp_path = Path(tmp)
+        model_file = None
+        model = None
+        if not args.train:
+            model = train_centralized(dataset)
+            model_file = save_model(model, tmp_path / f"{args.dataset}.skops")
+        samples = pick_samples(dataset, model, args.sessions)
+        barrier = threading.Barrier(args.sessions)
+        wall = time.perf_counter()
+        with ThreadPoolExecutor(args.sessions) as pool:
+            futures = [pool.submit(run_session, args, k, samples[k], model_file, dataset, barrier, tmp_path)
+                       for k in range(args.sessions)]
+            results = [f.result() for f in futures]
+        wall = time.perf_counter() - wall
+
+    expected_by_session = {r.session: r.expected for r in results}
+    foreign = [
+        r for r in results
+        if r.prediction is not None and r.prediction != r.expected
+        and r.prediction in {v for s, v in expected_by_session.items() if s != r.session}
+    ]
+    report = {
+        "url": url,
+        "sessions": args.sessions,
+        "mode": "train" if args.train else "upload",
+        "dataset": args.dataset,
+        "n_bits": args.n_bits,
+        "successes": sum(r.ok for r in results),
+        "errors": sum(r.error is not None for r in results),
+        "wrong_answers": sum(r.error is None and not r.correct for r in results),
+        "answers_of_another_session": len(foreign),
+        "wall_seconds": round(wall, 2),
+        "latency_seconds": {step: percentiles([r.seconds[step] for r in results if step in r.seconds])
+                            for step in STEPS},
+        "failures": [{"session": r.session, "step": r.failed_step, "error": r.error}
+                     for r in results if r.error],
+        "mismatches": [{"session": r.session, "sample_index": r.sample_index, "label": r.label,
+                        "encrypted_label": r.encrypted_label, "expected": r.expected,
+                        "prediction": r.prediction, "app_clear_prediction": r.app_clear_prediction}
+                       for r in results if r.error is None and not r.correct],
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"{report['sessions']} sessions ({report['mode']}, {args.dataset}, n_bits={args.n_bits}) "
+              f"against {url} in {report['wall_seconds']:.1f} s")
+        print(f"successes {report['successes']}, errors {report['errors']}, wrong answers "
+              f"{report['wrong_answers']}, answers of another session {report['answers_of_another_session']}")
+        print(f"{'endpoint':<10} {'n':>3} {'p50 s':>8} {'p95 s':>8} {'max s':>8}")
+        for step, stats in report["latency_seconds"].items():
+            if stats["n"]:
+                p50, p95, top = stats["p50"], stats["p95"], stats["max"]
+                print(f"{step:<10} {stats['n']:>3} {p50:>8.3f} {p95:>8.3f} {top:>8.3f}")
+        for failure in report["failures"]:
+            print(f"session {failure['session']} failed at {failure['step']}: {failure['error']}")
+        for mismatch in report["mismatches"]:
+            print(f"session {mismatch['session']}: wrong answer {mismatch}")
+    ok = report["errors"] == 0 and report["wrong_answers"] == 0
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,241 @@
+"""Hardening of the FHE HTTP server (uvicorn on 127.0.0.1), beyond ``test_fhe_http.py``.
+
+Every refusal is followed by a valid request that must still succeed; keys
+and uploaded deployments expire and are bounded over HTTP too; clients can
+remove what they uploaded; concurrent uploads of the same circuit all load.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from fhe_model.client import FHEClient
+from fhe_model.deployment import make_bundle
+from fhe_model.http_client import FHEServerClient, FHEServerError
+from fhe_model.http_server import HTTPSettings, start_local_server
+from fhe_model.server import StoreLimits
+
+pytest_plugins = ["tests.fhe_fixtures"]
+
+LIMIT = 64 * 1024
+SETTINGS = HTTPSettings(max_ciphertext_bytes=LIMIT, max_key_bytes=LIMIT, max_deployment_bytes=1024 * 1024)
+
+
+@pytest.fixture(scope="module")
+def server(digits_deployment, admin_token):
+    handle = start_local_server(digits_deployment.files.directory, admin_token=admin_token, settings=SETTINGS)
+    yield handle
+    handle.stop()
+
+
+def _bundle(built) -> bytes:
+    return make_bundle(built.files.server_zip.read_bytes(), built.files.client_zip.read_bytes())
+
+
+def _predicts(url: str, client: FHEClient, key_id: str, built, index: int = 7) -> None:
+    """A valid request succeeds: the server decrypts nothing, the client gets the expected class."""
+    x = built.dataset.X_test[index]
+    with FHEServerClient(url, busy_retries=0) as api:
+        output = api.predict(key_id, client.encrypt(x).ciphertext)
+    assert client.decrypt(output).prediction == built.expected(x[None])[0]
+
+
+def _declared_too_big(url: str, key_id: str) -> int:
+    parts = urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:
+        sock.sendall(f"POST /predict?key_id={key_id} HTTP/1.1\r\nHost: x\r\nContent-Length: {10**9}\r\n\r\n"
+                     .encode())
+        return int(sock.recv(4096).split(b" ", 2)[1])
+
+
+#: Bad requests, by name: what is sent, the status and a fragment of the explanation.
+REFUSALS = {
+    "unknown key_id": ("POST", "/predict", {"key_id": "x" * 22}, "ciphertext", None, 404, "Unknown key_id"),
+    "unknown deployment": ("POST", "/keys", {"deployment_id": "nope"}, "keys", None, 404, "Unknown deploy"),
+    "id that is not an id": ("POST", "/predict", {"key_id": "../../etc/passwd"}, b"x", None, 422, "key_id"),
+    "garbage ciphertext": ("POST", "/predict", "own key", b"\x07" * 500, None, 400, "not a serialized"),
+    "truncated ciphertext": ("POST", "/predict", "own key", "truncated", None, 400, "not a serialized"),
+    "ciphertext of another circuit": ("POST", "/predict", "own key", "foreign", None, 422, "does not fit"),
+    "garbage keys": ("POST", "/keys", None, b"\x00keys?" * 9, None, 400, "not serialized evaluation keys"),
+    "chunked body over the limit": ("POST", "/predict", "own key", "chunks", None, 413, "limit"),
+    "deployment without a token": ("POST", "/deployments", None, "server.zip", None, 401, "Missing admin"),
+    "deployment with a wrong token": ("POST", "/deployments", None, "server.zip", "bad", 403, "Wrong admin"),
+    "deployment that is not a zip": ("POST", "/deployments", None, b"PK no", "test-admin-token", 400, "zip"),
+    "removing a deployment without a token": ("DELETE", "/deployments", {"deployment_id": "abc"}, None, None,
+                                              401, "Missing admin token"),
+}
+
+
+def _content(kind, client: FHEClient, other_deployment, tmp_path: Path):
+    if not isinstance(kind, str):
+        return kind
+    if kind == "keys":
+        return client.evaluation_keys
+    if kind == "ciphertext":
+        return client.encrypt(other_deployment.dataset.X_test[1]).ciphertext
+    if kind == "truncated":
+        return client.encrypt(other_deployment.dataset.X_test[1]).ciphertext[:-100]
+    if kind == "foreign":
+        foreign = FHEClient(other_deployment.files.directory, tmp_path / "foreign")
+        foreign.generate_keys()
+        return foreign.encrypt(other_deployment.dataset.X_test[0]).ciphertext
+    if kind == "chunks":
+        return (b"\0" * 16384 for _ in range(LIMIT // 16384 + 2))
+    assert kind == "server.zip"
+    return other_deployment.files.server_zip.read_bytes()
+
+
+@pytest.mark.parametrize("refusal", list(REFUSALS))
+def test_each_refusal_then_a_valid_request_succeeds(server, keyed_client, digits_deployment, other_deployment,
+                                                     refusal, tmp_path):
+    with FHEServerClient(server.url) as api:
+        key_id = api.upload_keys(keyed_client.evaluation_keys)
+    method, path, params, content, token, status, fragment = REFUSALS[refusal]
+    params = {"key_id": key_id} if params == "own key" else params
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        response = http.request(method, path, params=params, headers=headers,
+                                content=_content(content, keyed_client, other_deployment, tmp_path))
+    assert response.status_code == status, response.text
+    assert fragment in str(response.json()["detail"])
+    _predicts(server.url, keyed_client, key_id, digits_deployment)
+
+
+def test_a_body_declared_too_big_is_refused_before_it_is_read(server, keyed_client, digits_deployment):
+    with FHEServerClient(server.url) as api:
+        key_id = api.upload_keys(keyed_client.evaluation_keys)
+    assert _declared_too_big(server.url, key_id) == 413
+    _predicts(server.url, keyed_client, key_id, digits_deployment)
+
+
+def test_expired_keys_and_deployments_are_404_and_uploading_again_works(
+    digits_deployment, other_deployment, keyed_client, admin_token, tmp_path
+):
+    limits = StoreLimits(key_ttl_seconds=1.0, deployment_ttl_seconds=2.0)
+    directory = digits_deployment.files.directory
+    with start_local_server(directory, admin_token=admin_token, limits=limits) as handle, \
+            FHEServerClient(handle.url, busy_retries=0) as api:
+        pinned_key = api.upload_keys(keyed_client.evaluation_keys)
+        uploaded = api.add_deployment(other_deployment.files.server_zip.read_bytes(), admin_token,
+                                      other_deployment.files.client_zip.read_bytes())
+        other = FHEClient.from_client_zip(api.download_client_zip(uploaded), tmp_path / "other")
+        other.generate_keys()
+        other_key = api.upload_keys(other.evaluation_keys, uploaded)
+        _predicts(handle.url, other, other_key, other_deployment)
+        _predicts(handle.url, keyed_client, pinned_key, digits_deployment)
+        time.sleep(2.2)  # past both TTLs, with nothing used meanwhile
+
+        for key_id, client in ((pinned_key, keyed_client), (other_key, other)):
+            with pytest.raises(FHEServerError, match="expired") as expired:
+                api.predict(key_id, client.encrypt(digits_deployment.dataset.X_test[0]).ciphertext)
+            assert expired.value.status_code == 404
+        for call in (lambda: api.download_client_zip(uploaded), lambda: api.upload_keys(other.evaluation_keys,
+                                                                                         uploaded)):
+            with pytest.raises(FHEServerError, match="Unknown deployment") as gone:
+                call()
+            assert gone.value.status_code == 404
+        assert api.health()["keys"] == 0 and api.health()["deployments"] == 1  # the pinned one stays
+
+        _predicts(handle.url, keyed_client, api.upload_keys(keyed_client.evaluation_keys), digits_deployment)
+        again = api.add_deployment(other_deployment.files.server_zip.read_bytes(), admin_token)
+        _predicts(handle.url, other, api.upload_keys(other.evaluation_keys, again), other_deployment)
+
+
+def test_key_and_deployment_stores_are_bounded(digits_deployment, other_deployment, keyed_client,
+                                               admin_token):
+    keys = keyed_client.evaluation_keys
+    limits = StoreLimits(max_keys=2, max_key_store_bytes=10 * len(keys), max_uploaded_deployments=1)
+    directory = digits_deployment.files.directory
+    with start_local_server(directory, admin_token=admin_token, limits=limits) as handle, \
+            FHEServerClient(handle.url, busy_retries=0) as api:
+        first, second, third = (api.upload_keys(keys) for _ in range(3))
+        assert api.health()["keys"] == 2
+        with pytest.raises(FHEServerError, match="Unknown key_id") as evicted:
+            api.predict(first, keyed_client.encrypt(digits_deployment.dataset.X_test[0]).ciphertext)
+        assert evicted.value.status_code == 404
+        for key_id in (second, third):
+            _predicts(handle.url, keyed_client, key_id, digits_deployment)
+
+        bundle = _bundle(other_deployment)
+        old = api.add_deployment(bundle, admin_token)
+        old_key = api.upload_keys(keys, handle.default_deployment_id)
+        api.add_deployment(bundle, admin_token)  # evicts the older upload, never the pinned one
+        assert api.health()["deployments"] == 2
+        with pytest.raises(FHEServerError, match="Unknown deployment"):
+            api.download_client_zip(old)
+        _predicts(handle.url, keyed_client, old_key, digits_deployment)
+
+
+def _circuit_dir(handle, deployment_id: str) -> Path:
+    entry = handle.fhe_server._deployments[deployment_id]
+    return Path(entry.fhe_server.server._library.get_output_dir_path())
+
+
+def test_clients_can_remove_their_keys_and_deployments(server, keyed_client, digits_deployment,
+                                                       other_deployment, admin_token, tmp_path):
+    with FHEServerClient(server.url, busy_retries=0) as api, httpx.Client(base_url=server.url) as http:
+        key_id = api.upload_keys(keyed_client.evaluation_keys)
+        api.delete_keys(key_id)
+        with pytest.raises(FHEServerError, match="Unknown key_id") as gone:
+            api.predict(key_id, keyed_client.encrypt(digits_deployment.dataset.X_test[0]).ciphertext)
+        assert gone.value.status_code == 404
+        assert http.delete("/keys", params={"key_id": key_id}).status_code == 404
+        assert http.delete("/keys", params={"key_id": "../x"}).status_code == 422
+
+        deployment_id = api.add_deployment(_bundle(other_deployment), admin_token)
+        circuit_dir = _circuit_dir(server, deployment_id)
+        other = FHEClient.from_client_zip(api.download_client_zip(deployment_id), tmp_path / "k")
+        other.generate_keys()
+        other_key = api.upload_keys(other.evaluation_keys, deployment_id)
+        params = {"deployment_id": deployment_id}
+        assert http.delete("/deployments", params=params).status_code == 401
+        assert http.delete("/deployments", params=params,
+                           headers={"Authorization": "Bearer wrong"}).status_code == 403
+        pinned = http.delete("/deployments", params={"deployment_id": server.default_deployment_id},
+                             headers={"Authorization": f"Bearer {admin_token}"})
+        assert pinned.status_code == 403 and "restart the server" in pinned.json()["detail"]
+        assert circuit_dir.is_dir()
+        api.delete_deployment(deployment_id, admin_token)
+        assert not circuit_dir.exists(), "the removed deployment's compiled circuit is still on disk"
+        with pytest.raises(FHEServerError, match="Unknown key_id"):
+            api.predict(other_key, other.encrypt(other_deployment.dataset.X_test[0]).ciphertext)
+        with pytest.raises(FHEServerError, match="Unknown deployment") as gone:
+            api.delete_deployment(deployment_id, admin_token)
+        assert gone.value.status_code == 404
+        _predicts(server.url, keyed_client, api.upload_keys(keyed_client.evaluation_keys), digits_deployment)
+
+
+def test_concurrent_uploads_of_the_same_circuit_all_load(server, other_deployment, admin_token, tmp_path):
+    # Each load finds the directory Concrete unpacked it into; identical uploads at once must not
+    # take (and delete) each other's.
+    bundle = _bundle(other_deployment)
+    ids: list[str] = []
+    errors: list[BaseException] = []
+
+    def upload() -> None:
+        try:
+            with FHEServerClient(server.url, busy_retries=10) as api:
+                ids.append(api.add_deployment(bundle, admin_token))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=upload) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not errors and len(set(ids)) == 4
+    with FHEServerClient(server.url) as api:
+        for n, deployment_id in enumerate(ids):
+            client = FHEClient.from_client_zip(api.download_client_zip(deployment_id), tmp_path / str(n))
+            client.generate_keys()
+            _predicts(server.url, client, api.upload_keys(client.evaluation_keys, deployment_id),
+                      other_deployment, index=n)
+            api.delete_deployment(deployment_id, admin_token)

@@ -1,0 +1,201 @@
+"""Repeated use of one app process: ``python app.py`` run as a user would, driven over its API.
+
+Ten small federated trainings (digits, 2 clients, 1 round) in ten sessions,
+two sessions at a time, each then compiled and taken through the four
+encrypted steps. Trainings must queue one behind the other (and say so),
+every session must get its own answer, the app's memory must level off, and
+once the tabs are closed nothing of the sessions may remain in the app's
+temporary directory (a private one here, so that it can be inspected whole).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+from gradio_client import Client
+from gradio_client.utils import Status
+
+from fl_training.datasets import load_dataset
+from tests.app_fixtures import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+SESSIONS = 10
+PARALLEL = 2
+TRAINING = {"dataset": "digits", "num_clients": 2, "num_rounds": 1, "local_epochs": 2}
+#: RSS growth allowed over the last half of the runs, once allocator pools and caches are warm.
+MAX_LATE_GROWTH_BYTES = 120 * 1024 * 1024
+
+
+def _rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+@dataclass
+class RunningApp:
+    url: str
+    pid: int
+    tmp: Path
+    log: Path
+
+
+@pytest.fixture(scope="module")
+def app_process():
+    """``python app.py`` on a free loopback port, with a temporary directory of its own."""
+    # Short, because Ray puts unix sockets under it (at most 107 bytes per path).
+    tmp = Path(tempfile.mkdtemp(prefix="fhe-rep-"))
+    port = free_port()
+    log = tmp.parent / f"{tmp.name}.log"
+    env = {
+        **os.environ,
+        "TMPDIR": str(tmp),
+        "GRADIO_TEMP_DIR": str(tmp / "gradio"),
+        "GRADIO_SERVER_NAME": "127.0.0.1",
+        "GRADIO_SERVER_PORT": str(port),
+    }
+    env.pop("FHE_SERVER_URL", None)
+    with open(log, "wb") as out:
+        process = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=out,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert process.poll() is None, f"app.py exited:\n{log.read_text()[-3000:]}"
+            try:
+                if httpx.get(url, timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "app.py did not start within 180 s"
+            time.sleep(0.5)
+        yield RunningApp(url, process.pid, tmp, log)
+    finally:
+        process.terminate()
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        log.unlink(missing_ok=True)
+
+
+@dataclass
+class Run:
+    """One session's walk, as seen by its client."""
+
+    index: int
+    statuses: list = field(default_factory=list)
+    started: float | None = None  # first time the training was reported running
+    finished: float | None = None
+    rss_after_training: int | None = None
+    summary: dict | None = None
+    encrypted: dict | None = None
+    decrypted: dict | None = None
+
+
+def _end_tab(url: str, session_hash: str) -> None:
+    """Open and drop a heartbeat for the session, as a closing browser tab does (runs demo.unload)."""
+    with httpx.stream("GET", f"{url}gradio_api/heartbeat/{session_hash}", timeout=30) as response:
+        next(response.iter_lines())
+
+
+def _walk(app: RunningApp, run: Run) -> None:
+    client = Client(app.url, verbose=False, download_files=False)
+    job = client.submit(**TRAINING, seed=run.index, api_name="/train")
+    while not job.done():
+        status = job.status()
+        run.statuses.append((status.code, status.rank, status.queue_size))
+        if run.started is None and status.code in (Status.PROCESSING, Status.PROGRESS, Status.ITERATING):
+            run.started = time.monotonic()
+        time.sleep(0.1)
+    run.summary = job.result()[0]
+    run.finished = time.monotonic()
+    run.rss_after_training = _rss(app.pid)
+    client.predict(n_bits=6, api_name="/compile")
+    client.predict(api_name="/keygen")
+    run.encrypted = client.predict(sample_index=run.index * 7, api_name="/encrypt")[0]
+    client.predict(api_name="/run_fhe")
+    run.decrypted = client.predict(api_name="/decrypt")[0]
+    _end_tab(app.url, client.session_hash)
+    client.close()
+
+
+def _leftovers(tmp: Path) -> list[str]:
+    """What the app's temp directory holds that belongs to sessions (Ray's own logs excluded)."""
+    found = []
+    for path in tmp.rglob("*"):
+        relative = path.relative_to(tmp)
+        top = relative.parts[0]
+        if top == "ray" or path.is_dir() and not any(path.iterdir()) and top.startswith("fhe-demo-"):
+            continue
+        if top.startswith("fhe-demo-") and path.is_file():
+            found.append(f"session file {relative}")
+        elif top.startswith("tmp") and path.name == "sharedlib.so":
+            found.append(f"Concrete circuit {relative.parent}")
+        elif top == "gradio" and path.suffix in (".skops", ".zip"):
+            found.append(f"Gradio copy {relative}")
+    return found
+
+
+def test_ten_trainings_in_one_process(app_process):
+    runs = [Run(i) for i in range(SESSIONS)]
+    errors: list[BaseException] = []
+
+    def worker(mine: list[Run]) -> None:
+        for run in mine:
+            try:
+                _walk(app_process, run)
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(runs[k::PARALLEL],)) for k in range(PARALLEL)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(900)
+    log = app_process.log.read_text(errors="replace")
+    assert not errors, f"{errors!r}\n--- app log ---\n{log[-4000:]}"
+
+    # Every training succeeded, and every session got the answer for its own sample.
+    digits = load_dataset("digits")
+    for run in runs:
+        assert run.summary["rounds"] == 1 and run.summary["clients"] == 2 and run.summary["accuracy"] > 0.5
+        index = run.index * 7
+        assert run.encrypted["sample_index"] == index and run.encrypted["label"] == int(digits.y_test[index])
+        assert run.decrypted["label"] == int(digits.y_test[index])
+        assert run.decrypted["prediction"] == run.decrypted["clear_prediction"]
+
+    # Trainings ran one at a time, and waiting ones were told their place in the queue.
+    spans = sorted((run.started, run.finished) for run in runs)
+    for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
+        assert start >= end - 2.0, "two trainings ran at the same time"
+    queued = [run for run in runs if any(code == Status.IN_QUEUE and rank is not None
+                                         for code, rank, _ in run.statuses)]
+    assert len(queued) >= SESSIONS // 2, [run.statuses[:5] for run in runs]
+
+    # Memory levels off: the second half of the runs adds little.
+    by_time = [run.rss_after_training for run in sorted(runs, key=lambda r: r.finished)]
+    late_growth = max(by_time[SESSIONS // 2 :]) - by_time[SESSIONS // 2 - 1]
+    print("RSS after each training (MB):", [round(rss / 2**20) for rss in by_time])
+    assert late_growth < MAX_LATE_GROWTH_BYTES, [round(rss / 2**20) for rss in by_time]
+
+    # Once the tabs are closed, nothing of the sessions remains.
+    deadline = time.monotonic() + 30
+    while (leftovers := _leftovers(app_process.tmp)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not leftovers, leftovers
