@@ -10,6 +10,7 @@ Blocks and launches them: each tab lives in :mod:`ui`, the logic in
 from __future__ import annotations
 
 import logging
+import signal
 from typing import Any
 
 import gradio as gr
@@ -115,9 +116,16 @@ def launch_options(registry: SessionRegistry) -> dict[str, Any]:
     }
 
 
+def _interrupt(_signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
-    """Start the FHE server, then serve the demo until interrupted."""
+    """Start the FHE server, then serve the demo until interrupted (Ctrl-C or SIGTERM)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # `kill`, `docker stop` and systemd send SIGTERM: shut down as on Ctrl-C, so that the
+    # sessions' keys, files and compiled circuits are deleted before the process ends.
+    signal.signal(signal.SIGTERM, _interrupt)
     registry = SessionRegistry(FHEServerHandle.from_env())
     url = registry.server.start()
     logging.getLogger(__name__).info("FHE server: %s", url)

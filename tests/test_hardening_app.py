@@ -78,6 +78,12 @@ def _client(app) -> Client:
     return Client(app.url, verbose=False, download_files=False)
 
 
+@pytest.fixture(scope="module")
+def stateless_client(launched_app) -> Client:  # noqa: F811
+    """One session for calls that are refused before they touch any session state."""
+    return _client(launched_app)
+
+
 def _upload(client: Client, path: Path, dataset: str = "digits") -> dict:
     return client.predict(file=handle_file(str(path)), dataset=dataset, api_name="/upload_model")[0]
 
@@ -273,9 +279,9 @@ def test_every_step_out_of_order_names_the_missing_step_through_the_api(launched
         ("/evaluate_encrypted", {"num_samples": 10**6}, "num_samples must be a whole number from 1"),
     ],
 )
-def test_values_outside_the_sliders_are_refused_through_the_api(launched_app, api_name, kwargs, message):  # noqa: F811
+def test_values_outside_the_sliders_are_refused_through_the_api(stateless_client, api_name, kwargs, message):
     with pytest.raises(AppError, match=message):
-        _client(launched_app).predict(api_name=api_name, **kwargs)
+        stateless_client.predict(api_name=api_name, **kwargs)
 
 
 def _raw_call(url: str, api_name: str, body: str) -> str:
@@ -328,6 +334,16 @@ def test_non_finite_values_and_wrong_lengths_get_clear_errors(launched_app, api_
 def test_bad_drawings_are_refused_with_a_message(drawing, message):
     with pytest.raises(ui.session.StepError, match=message):
         ui.session.drawing_to_features({"composite": drawing}, load_dataset("digits"))
+
+
+def test_the_label_preview_says_n_samples_each_when_all_clients_hold_as_many(launched_app):  # noqa: F811
+    preview = next(f.fn for f in launched_app.demo.fns.values()
+                   if getattr(f.fn, "__name__", "") == "preview_distribution")
+    settings = ("iid", 0.5, 2, "fedavg", 1, 0, False, 0.5, 5.0)
+    _, note = preview("digits", 3, 1, *settings)  # 1,437 training samples: 479 each
+    assert note.startswith("3 clients hold 479 samples each;"), note
+    _, note = preview("digits", 2, 1, *settings)
+    assert note.startswith("2 clients hold 718–719 samples each;"), note
 
 
 # -- isolation -------------------------------------------------------------------
@@ -406,7 +422,8 @@ def test_a_session_whose_gradio_state_was_dropped_keeps_its_work(launched_app, m
     client = _client(launched_app)
     _upload(client, models["digits"])
     launched_app.demo.state_holder.session_data.pop(client.session_hash)
-    assert client.predict(n_bits=6, api_name="/compile")[0]["n_bits"] == 6
+    with pytest.raises(AppError, match="not compiled yet"):  # not "No model yet": the model is still there
+        client.predict(api_name="/keygen")
 
 
 def test_concurrent_sessions_each_get_their_own_answer(launched_app, models):  # noqa: F811
@@ -495,8 +512,8 @@ def test_closing_the_tab_removes_everything_the_session_made(launched_app, tmp_p
     client.predict(sample_index=5, api_name="/encrypt")
     client.predict(api_name="/run_fhe")
     client.predict(api_name="/decrypt")
-    assert len(session.n_bits_sweep((3, 4), samples=20)) == 2
-    assert len(compiled_here) == 4
+    assert len(session.n_bits_sweep((3,), samples=20)) == 1
+    assert len(compiled_here) == 3
     for compiled in compiled_here[2:]:
         assert not any(p.exists() for p in _circuit_dirs(compiled)), "the sweep left a circuit behind"
 

@@ -30,7 +30,7 @@ from tests.app_fixtures import free_port
 ROOT = Path(__file__).resolve().parents[1]
 SESSIONS = 10
 PARALLEL = 2
-TRAINING = {"dataset": "digits", "num_clients": 2, "num_rounds": 1, "local_epochs": 2}
+TRAINING = {"dataset": "digits", "num_clients": 2, "num_rounds": 1, "local_epochs": 1}
 #: RSS growth allowed over the last half of the runs, once allocator pools and caches are warm.
 MAX_LATE_GROWTH_BYTES = 120 * 1024 * 1024
 
@@ -45,9 +45,13 @@ def _rss(pid: int) -> int:
 @dataclass
 class RunningApp:
     url: str
-    pid: int
+    process: subprocess.Popen
     tmp: Path
     log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +84,7 @@ def app_process():
                 pass
             assert time.monotonic() < deadline, "app.py did not start within 180 s"
             time.sleep(0.5)
-        yield RunningApp(url, process.pid, tmp, log)
+        yield RunningApp(url, process, tmp, log)
     finally:
         process.terminate()
         try:
@@ -199,3 +203,10 @@ def test_ten_trainings_in_one_process(app_process):
     while (leftovers := _leftovers(app_process.tmp)) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not leftovers, leftovers
+
+    # Stopped as `kill` or `docker stop` would, the app removes its own directories too.
+    app_process.process.terminate()
+    assert app_process.process.wait(60) == 0
+    remaining = [p.name for p in app_process.tmp.iterdir()
+                 if p.name.startswith("fhe-demo-") or (p / "sharedlib.so").exists()]
+    assert not remaining, remaining

@@ -44,8 +44,9 @@ The idea follows Zama's demo combining Concrete ML with Flower
 
 In this web demo the **host plays the client role for you**: your browser session's private key lives in a
 temporary directory on the machine running the app (owner-only permissions, deleted when you close the
-tab or after an hour idle). So the host *could* see your keys and inputs. The FHE server is a separate
-HTTP service that only ever receives `server.zip`, evaluation keys and ciphertexts.
+tab or after an hour idle). So the host *could* see your keys, your inputs and the decrypted predictions.
+The FHE server is a separate HTTP service that only ever receives `server.zip`, evaluation keys and
+ciphertexts, and forgets this session's keys and circuit when the session ends.
 
 For real privacy, run the client yourself so the keys never leave your machine:
 

@@ -233,13 +233,6 @@ local_epochs, seed, differential_privacy, noise_multiplier, clipping_norm
     clipping_norm = real_number("clipping_norm", clipping_norm, 1e-6, 1e6)
     if not isinstance(differential_privacy, (bool, np.bool_)):
         raise StepError(f"differential_privacy must be true or false, got {differential_privacy!r}.")
-    if differential_privacy and strategy != "fedavg":
-        raise StepError(
-            "Differential privacy (with its ε accounting) works with strategy 'fedavg'; "
-            f"got {strategy!r}. Choose fedavg or turn differential privacy off."
-        )
-    if differential_privacy and noise_multiplier <= 0:
-        raise StepError("Differential privacy needs noise_multiplier > 0 (e.g. 0.5 or 1.0).")
     try:
         cfg = TrainingConfig(
             dataset=dataset,
@@ -567,16 +560,11 @@ def datasets_fitting(n_features: int, classes: Any) -> list[str]:
     classes = np.asarray(classes)
     fits = []
     for name in DATASET_NAMES:
-        probe = _SAME_SHAPE_AS.get(name, name)
         try:
-            dataset = load_dataset(probe) if probe in DATASET_NAMES else None
+            dataset = load_dataset(_SAME_SHAPE_AS.get(name, name))
         except DatasetUnavailableError:
             continue
-        if (
-            dataset is not None
-            and dataset.n_features == n_features
-            and np.array_equal(dataset.classes, classes)
-        ):
+        if dataset.n_features == n_features and np.array_equal(dataset.classes, classes):
             fits.append(name)
     return fits
 
@@ -655,6 +643,11 @@ class FHEServerHandle:
             Not started yet.
         """
         return cls(os.environ.get(SERVER_URL_ENV) or None, os.environ.get(ADMIN_TOKEN_ENV) or None)
+
+    @property
+    def started(self) -> bool:
+        """True between :meth:`start` and :meth:`stop`."""
+        return self._client is not None
 
     @property
     def is_external(self) -> bool:
@@ -823,6 +816,8 @@ class DemoSession:
         self._busy = threading.Lock()
         self._work_dir: Path | None = None
         self._cleanups: list[Callable[[], None]] = []
+        self._cleanup_lock = threading.Lock()
+        self._wiped = False
         self.closed = False
         self.last_used = time.monotonic()
         self.model: ModelStage | None = None
@@ -886,10 +881,11 @@ class DemoSession:
         callback : callable
             Runs once; its exceptions are logged, not raised.
         """
-        if self.closed:
-            callback()
-        else:
-            self._cleanups.append(callback)
+        with self._cleanup_lock:
+            if not self._wiped:
+                self._cleanups.append(callback)
+                return
+        callback()
 
     def close(self) -> None:
         """Wipe the session: delete the private key, downloads and everything built.
@@ -908,7 +904,8 @@ class DemoSession:
 
     def _wipe(self) -> None:
         deployment, work_dir = self.deployment, self._work_dir
-        cleanups, self._cleanups = self._cleanups, []
+        with self._cleanup_lock:
+            cleanups, self._cleanups, self._wiped = self._cleanups, [], True
         self._drop_keys()
         self.model = self.deployment = None
         self.encrypted = self.server_output = self.decrypted = self.evaluation = None
@@ -926,6 +923,8 @@ class DemoSession:
         """Best effort: the server drops it at its TTL anyway."""
         from fhe_model.http_client import FHEServerError
 
+        if not self.server.started:  # stopped at shutdown: nothing to tell, nothing to restart
+            return
         try:
             call()
         except (FHEServerError, StepError) as exc:

@@ -288,8 +288,10 @@ def build(ctx: DemoContext, pipeline: gr.Markdown) -> None:
     ):
         """Use an uploaded .skops model instead of training (API: /upload_model)."""
         session = ctx.session(state, request)
-        hold_upload(session, file)  # the upload is deleted with the session, used or refused
-        summary = session.use_uploaded_model(file, dataset)
+        try:
+            summary = session.use_uploaded_model(file, dataset)
+        finally:
+            hold_upload(session, file)  # the upload is deleted with the session, used or refused
         text = (
             f"✓ Using the uploaded model: **{summary['accuracy']:.1%}** test accuracy "
             f"on {summary['dataset']}. "
