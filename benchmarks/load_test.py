@@ -71,7 +71,22 @@ class SessionResult:
 
 
 def pick_samples(dataset, model, sessions: int) -> list[int]:
-    """One distinct test index per session, with label k mod 10 (and classified right by ``model``)."""
+    """Choose one distinct test sample per session.
+
+    Parameters
+    ----------
+    dataset : Dataset
+        Where the samples come from.
+    model : LogisticRegression or None
+        If given, only samples it classifies correctly are chosen.
+    sessions : int
+        How many sessions.
+
+    Returns
+    -------
+    list of int
+        Test indices; session k's has label ``classes[k % n_classes]``.
+    """
     y = np.asarray(dataset.y_test)
     agree = model.predict(dataset.X_test) == y if model is not None else np.ones(len(y), bool)
     classes = list(np.asarray(dataset.classes))
@@ -87,6 +102,30 @@ def pick_samples(dataset, model, sessions: int) -> list[int]:
 
 def run_session(args: argparse.Namespace, k: int, index: int, model_file: Path | None, dataset,
                 start: threading.Barrier, download_dir: Path) -> SessionResult:
+    """Take one new session through the whole flow; never raises.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The command line.
+    k : int
+        Session number.
+    index : int
+        Test sample this session encrypts.
+    model_file : Path or None
+        Model to upload (None with ``--train``).
+    dataset : Dataset
+        The dataset, to check labels.
+    start : threading.Barrier
+        Released when every session is connected, so that they all start together.
+    download_dir : Path
+        Where this client may download output files (the trained model).
+
+    Returns
+    -------
+    SessionResult
+        Timings per step, the answers, or the error and the step it happened in.
+    """
     result = SessionResult(session=k, sample_index=index, label=int(dataset.y_test[index]))
     step = "connect"
     try:
@@ -127,6 +166,7 @@ def run_session(args: argparse.Namespace, k: int, index: int, model_file: Path |
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
+    """``n``, ``p50``, ``p95`` and ``max`` of a list of latencies (only ``n`` if empty)."""
     if not values:
         return {"n": 0}
     array = np.asarray(values)
@@ -135,6 +175,7 @@ def percentiles(values: list[float]) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the load test; return 0 if every session succeeded with its own answer, else 1."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", default="http://127.0.0.1:7860/")
     parser.add_argument("--sessions", type=int, default=10)

@@ -26,6 +26,7 @@ import shutil
 import tempfile
 import threading
 import time
+import weakref
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -1604,13 +1605,19 @@ class SessionRegistry:
         #: only through the copies handlers return).
         self.work_root = Path(tempfile.mkdtemp(prefix="fhe-demo-work-"))
         self._sessions: dict[str, DemoSession] = {}
+        #: Every live session, with or without an id, so that shutdown wipes them all.
+        self._all: weakref.WeakSet[DemoSession] = weakref.WeakSet()
+        self._all_lock = threading.Lock()
         self._lock = threading.Lock()
         self._sweeper: threading.Thread | None = None
         self._stop = threading.Event()
 
     def new_session(self) -> DemoSession:
-        """A session not tied to an id (tests, scripts)."""
-        return DemoSession(self.server, self.keys_root, self.work_root)
+        """A session not tied to an id (tests, scripts); :meth:`close_all` wipes it too."""
+        session = DemoSession(self.server, self.keys_root, self.work_root)
+        with self._all_lock:
+            self._all.add(session)
+        return session
 
     def resolve(self, session: DemoSession | None, session_id: str | None) -> DemoSession:
         """Return the caller's session, creating it on first use.
@@ -1699,6 +1706,8 @@ class SessionRegistry:
         with self._lock:
             sessions = list(self._sessions.values())
             self._sessions.clear()
+        with self._all_lock:
+            sessions += list(self._all)
         for session in sessions:
             session.close()
         shutil.rmtree(self.keys_root, ignore_errors=True)

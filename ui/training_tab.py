@@ -61,7 +61,18 @@ def round_log(history: list[Any]) -> pd.DataFrame:
 
 
 def samples_per_client(counts: Any) -> str:
-    """``"800 samples"`` when every client holds as many, else ``"790–810 samples"``."""
+    """How many samples each client holds, as the label preview says it.
+
+    Parameters
+    ----------
+    counts : ndarray of shape (n_clients, n_classes)
+        Label counts per client.
+
+    Returns
+    -------
+    str
+        ``"800 samples"`` when every client holds as many, else ``"790–810 samples"``.
+    """
     sizes = counts.sum(axis=1)
     low, high = int(sizes.min()), int(sizes.max())
     return f"{low:,} samples" if low == high else f"{low:,}–{high:,} samples"
