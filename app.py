@@ -3,8 +3,8 @@
 ``python app.py`` starts an FHE server on 127.0.0.1 (unless ``$FHE_SERVER_URL``
 names one, with ``$FHE_ADMIN_TOKEN``) and serves the demo; it honours
 ``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT``. This file only builds the
-Blocks and launches them: each tab lives in :mod:`ui`, the logic in
-``fl_training`` and ``fhe_model``.
+Blocks and launches them: each tab lives in :mod:`ui`, the visitor's story in
+:mod:`story`, the logic in ``fl_training`` and ``fhe_model``.
 """
 
 from __future__ import annotations
@@ -15,24 +15,20 @@ from typing import Any
 
 import gradio as gr
 
+from fhe_model.connection import FHEServerHandle
+from fl_training.model_io import MAX_MODEL_FILE_BYTES
+from story import DEFAULT_IDLE_TTL_SECONDS, DemoSession, SessionRegistry
 from ui import about_tab, compile_tab, evaluation_tab, inference_tab, training_tab
 from ui.common import DemoContext, pipeline_status
-from ui.session import (
-    DEFAULT_IDLE_TTL_SECONDS,
-    MAX_MODEL_FILE_BYTES,
-    DemoSession,
-    FHEServerHandle,
-    SessionRegistry,
-)
 
 TITLE = "Private ML end to end: federated learning + encrypted inference"
 #: Gradio's cached files that no session holds (sample pictures, sketches) are
 #: deleted every 15 minutes once older than a session's idle TTL; files that a
-#: session holds go when it ends (see ``ui.common.serve_file``).
+#: session holds go when it ends (see ``ui.files.serve_file``).
 DELETE_CACHE = (900, int(DEFAULT_IDLE_TTL_SECONDS))
 #: Sessions whose UI state Gradio keeps in memory (it keeps ~0.3-1 MB per session,
 #: closed ones included, up to 10,000 by default). Far more than 2 vCPUs serve at
-#: once; a session pushed out keeps its work, which ``ui.session.SessionRegistry`` holds.
+#: once; a session pushed out keeps its work, which ``story.SessionRegistry`` holds.
 STATE_SESSION_CAPACITY = 128
 CSS = """
 .gradio-container { max-width: 1280px !important; }
@@ -64,18 +60,18 @@ def build_demo(registry: SessionRegistry | None = None) -> gr.Blocks:
         registry = SessionRegistry(FHEServerHandle.from_env())
     with gr.Blocks(title="FL + FHE demo", delete_cache=DELETE_CACHE) as demo:
         state = gr.State(None, delete_callback=_close_state)
-        ctx = DemoContext(demo=demo, registry=registry, state=state)
         gr.Markdown(f"# {TITLE}")
         pipeline = gr.Markdown(pipeline_status(None), elem_id="pipeline")
+        ctx = DemoContext(demo=demo, registry=registry, state=state, pipeline=pipeline)
         with gr.Tabs():
             with gr.Tab("1 · Federated training", id="train"):
-                training_tab.build(ctx, pipeline)
+                training_tab.build(ctx)
             with gr.Tab("2 · Convert & compile", id="compile"):
-                compile_tab.build(ctx, pipeline)
+                compile_tab.build(ctx)
             with gr.Tab("3 · Encrypted inference", id="inference") as inference:
-                inference_tab.build(ctx, pipeline, inference)
+                inference_tab.build(ctx, inference)
             with gr.Tab("4 · Encrypted evaluation", id="evaluation"):
-                evaluation_tab.build(ctx, pipeline)
+                evaluation_tab.build(ctx)
             with gr.Tab("5 · About", id="about"):
                 about_tab.build()
 

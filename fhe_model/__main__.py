@@ -58,12 +58,13 @@ def _load_dataset(name: str):
 
 
 def _load_model(path: str, dataset):
-    from fl_training.model_io import check_model, load_model
+    from fl_training.model_io import check_model, check_model_fits, load_model
 
     if not Path(path).is_file():
         raise UserError(f"Model file {path} does not exist.")
     model = load_model(path)
-    check_model(model, dataset.n_features, dataset.classes)
+    check_model(model)
+    check_model_fits(model, dataset)
     return model
 
 

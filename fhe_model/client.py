@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fhe_model.deployment import CLIENT_ZIP, check_client_zip, read_model_info
+from fhe_model.deployment import CLIENT_ZIP, check_client_zip, first_line, read_model_info
+from fl_training.validation import InvalidParameterError
 
 #: Bytes of ciphertext shown in previews. Taken from the middle of the message:
 #: its first ~64 bytes are a fixed Cap'n Proto header, the same for every input.
@@ -108,11 +109,6 @@ class DecryptionResult:
     probabilities: np.ndarray | None = field(default=None, repr=False)
     decrypted_scores: np.ndarray | None = field(default=None, repr=False)
     error: str | None = None
-
-
-def _first_line(exc: BaseException) -> str:
-    """The first line of an exception's message (Concrete appends C++ stack dumps)."""
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def ciphertext_preview(ciphertext: bytes, n_bytes: int = PREVIEW_BYTES) -> str:
@@ -280,7 +276,7 @@ class FHEClient:
 
         Raises
         ------
-        ValueError
+        InvalidParameterError
             If ``x`` is not one finite sample of the right width.
         """
         self._require_keys()
@@ -288,15 +284,15 @@ class FHEClient:
         if sample.ndim == 1:
             sample = sample[None, :]
         if sample.ndim != 2 or sample.shape[0] != 1:
-            raise ValueError(
+            raise InvalidParameterError(
                 f"encrypt() takes one sample, shape (n_features,) or (1, n_features); got {np.shape(x)}."
             )
         if self.n_features is not None and sample.shape[1] != self.n_features:
-            raise ValueError(
+            raise InvalidParameterError(
                 f"The model takes {self.n_features} features, this sample has {sample.shape[1]}."
             )
         if not np.all(np.isfinite(sample)):
-            raise ValueError("The sample contains NaN or infinity.")
+            raise InvalidParameterError("The sample contains NaN or infinity.")
         start = time.perf_counter()
         ciphertext = self._fhe.quantize_encrypt_serialize(sample)
         seconds = time.perf_counter() - start
@@ -362,7 +358,7 @@ class FHEClient:
                 decrypted=False,
                 seconds=time.perf_counter() - start,
                 ciphertext_bytes=len(ciphertext),
-                error=f"Concrete refused to decrypt these bytes: {_first_line(exc)}",
+                error=f"Concrete refused to decrypt these bytes: {first_line(exc)}",
             )
         probabilities = probabilities.reshape(-1)
         index = int(np.argmax(probabilities))

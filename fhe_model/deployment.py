@@ -59,6 +59,25 @@ class DeploymentFormatError(ValueError):
     """Bytes or a directory that are not a usable Concrete ML deployment."""
 
 
+def first_line(exc: BaseException) -> str:
+    """Return the first line of an exception's message, for a message shown to a user.
+
+    Concrete appends C++ stack dumps to its errors; both the client and the
+    server role quote only the first line.
+
+    Parameters
+    ----------
+    exc : BaseException
+        The error.
+
+    Returns
+    -------
+    str
+        Its first non-empty line, or the exception's class name if it has no message.
+    """
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     """Public facts about a deployed model, stored in ``client.zip``.

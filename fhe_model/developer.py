@@ -14,6 +14,7 @@ import shutil
 import tempfile
 import time
 import zipfile
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,9 +28,11 @@ from fhe_model.deployment import (
     REPORT_FILE,
     SERVER_ZIP,
     ModelInfo,
+    remove_circuit_files,
 )
 from fl_training.datasets import Dataset
-from fl_training.model_io import check_model
+from fl_training.model_io import check_model, check_model_fits
+from fl_training.validation import InvalidParameterError, one_of, whole_number
 
 if TYPE_CHECKING:
     from concrete.ml.sklearn import LogisticRegression as ConcreteLogisticRegression
@@ -45,6 +48,12 @@ DEFAULT_N_BITS = 8
 #: holds no data at all.
 CALIBRATION_MODES: tuple[str, ...] = ("data", "random")
 DEFAULT_CALIBRATION_SAMPLES = 1000
+
+#: Values :func:`n_bits_sweep` compiles, the test samples it scores per value,
+#: and its calibration rows (fewer than a deployment's: a sweep compiles 5 times).
+SWEEP_N_BITS: tuple[int, ...] = (2, 3, 4, 6, 8)
+SWEEP_SAMPLES = 200
+SWEEP_CALIBRATION_SAMPLES = 300
 
 
 @dataclass(frozen=True)
@@ -153,7 +162,8 @@ def validate_n_bits(n_bits: object) -> int:
     Parameters
     ----------
     n_bits : object
-        Candidate value.
+        Candidate value. Whole-number floats such as ``8.0`` (what a UI slider
+        or a JSON API sends) are accepted; bools, NaN and strings are not.
 
     Returns
     -------
@@ -162,17 +172,37 @@ def validate_n_bits(n_bits: object) -> int:
 
     Raises
     ------
-    ValueError
-        If it is not an integer in ``N_BITS_MIN..N_BITS_MAX``.
+    InvalidParameterError
+        If it is not a whole number in ``N_BITS_MIN..N_BITS_MAX``.
     """
-    is_integer = isinstance(n_bits, (int, np.integer)) and not isinstance(n_bits, bool)
-    if not (is_integer and N_BITS_MIN <= int(n_bits) <= N_BITS_MAX):
-        raise ValueError(
-            f"n_bits must be an integer from {N_BITS_MIN} to {N_BITS_MAX}, got {n_bits!r}: "
-            "with fewer bits the model barely beats chance, with more Concrete finds no "
+    try:
+        return whole_number("n_bits", n_bits, N_BITS_MIN, N_BITS_MAX)
+    except InvalidParameterError as exc:
+        raise InvalidParameterError(
+            f"{exc} With fewer bits the model barely beats chance, with more Concrete finds no "
             f"crypto parameters. Pass e.g. n_bits={DEFAULT_N_BITS} (clear-model accuracy on MNIST)."
-        )
-    return int(n_bits)
+        ) from None
+
+
+def validate_calibration(mode: object) -> str:
+    """Return ``mode`` if it is one of :data:`CALIBRATION_MODES`, else raise.
+
+    Parameters
+    ----------
+    mode : object
+        Candidate calibration mode.
+
+    Returns
+    -------
+    str
+        The validated mode.
+
+    Raises
+    ------
+    InvalidParameterError
+        If it is not ``"data"`` or ``"random"``.
+    """
+    return one_of("calibration", mode, CALIBRATION_MODES)
 
 
 def calibration_inputs(
@@ -205,10 +235,7 @@ def calibration_inputs(
     ValueError
         If ``mode`` or ``n_samples`` is invalid.
     """
-    if mode not in CALIBRATION_MODES:
-        raise ValueError(
-            f"Unknown calibration {mode!r}; pass one of {', '.join(CALIBRATION_MODES)}."
-        )
+    mode = validate_calibration(mode)
     if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
         raise ValueError(f"calibration_samples must be a positive integer, got {n_samples!r}.")
     rng = np.random.default_rng(seed)
@@ -309,7 +336,9 @@ def compile_model(
         dataset (``ModelFileError``), or a circuit Concrete cannot compile.
     """
     n_bits = validate_n_bits(n_bits)
-    check_model(model, dataset.n_features, dataset.classes)
+    calibration = validate_calibration(calibration)
+    check_model(model)
+    check_model_fits(model, dataset)
     calibration_X = calibration_inputs(dataset, calibration, calibration_samples, seed)
     if evaluation_samples is not None and (
         isinstance(evaluation_samples, bool) or int(evaluation_samples) < 1
@@ -387,6 +416,76 @@ def compile_model(
         image_shape=tuple(dataset.image_shape) if dataset.image_shape else None,
     )
     return CompiledModel(concrete_model=concrete_model, sklearn_model=model, report=report, info=info)
+
+
+def remove_compiled_files(compiled: CompiledModel) -> None:
+    """Delete the temporary directories Concrete compiled a model into.
+
+    Compiling leaves two (about 100 kB each): the circuit's library and its FHE
+    simulator's. Concrete never deletes them, so a long-lived process must.
+
+    Parameters
+    ----------
+    compiled : CompiledModel
+        From :func:`compile_model`; unusable for FHE afterwards (its report and
+        a deployment saved from it stay valid).
+    """
+    circuit = compiled.concrete_model.fhe_circuit
+    for server in (circuit.server, circuit.simulator):
+        remove_circuit_files(server)
+
+
+def n_bits_sweep(
+    model: LogisticRegression,
+    dataset: Dataset,
+    n_bits_values: Sequence[int] = SWEEP_N_BITS,
+    calibration: str = "data",
+    samples: int = SWEEP_SAMPLES,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[CompileReport]:
+    """Compile ``model`` at several ``n_bits`` and score each circuit on a test subset.
+
+    Only the reports are kept: each compiled circuit's files are deleted as
+    soon as it has been scored.
+
+    Parameters
+    ----------
+    model : sklearn.linear_model.LogisticRegression
+        Fitted on raw features of ``dataset``.
+    dataset : Dataset
+        Supplies calibration inputs and the test split that is scored.
+    n_bits_values : sequence of int, default=SWEEP_N_BITS
+        Bits to try, each in ``N_BITS_MIN..N_BITS_MAX``.
+    calibration : {"data", "random"}, default="data"
+        See :func:`calibration_inputs`; ``SWEEP_CALIBRATION_SAMPLES`` rows.
+    samples : int, default=SWEEP_SAMPLES
+        Test samples scored per value (FHE-simulated).
+    progress : callable, optional
+        Called as ``progress(done, total)`` after each value.
+
+    Returns
+    -------
+    list of CompileReport
+        One per value, in the order of ``n_bits_values``.
+
+    Raises
+    ------
+    ValueError
+        As :func:`compile_model`; invalid values are refused before anything compiles.
+    """
+    values = [validate_n_bits(n_bits) for n_bits in n_bits_values]
+    calibration = validate_calibration(calibration)
+    reports = []
+    for n_bits in values:
+        compiled = compile_model(
+            model, dataset, n_bits=n_bits, calibration=calibration,
+            calibration_samples=SWEEP_CALIBRATION_SAMPLES, evaluation_samples=samples,
+        )
+        remove_compiled_files(compiled)
+        reports.append(compiled.report)
+        if progress is not None:
+            progress(len(reports), len(values))
+    return reports
 
 
 def save_deployment(

@@ -32,6 +32,7 @@ from fhe_model.deployment import (
     check_client_zip,
     check_server_zip,
     deployment_paths,
+    first_line,
     remove_circuit_files,
     split_upload,
 )
@@ -149,11 +150,6 @@ def retain_freed_memory(max_mmap_chunk: int = 32 * 1024 * 1024, keep_free: int =
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     return bool(mallopt(m_mmap_threshold, max_mmap_chunk)) and bool(mallopt(m_trim_threshold, keep_free))
-
-
-def _first_line(exc: BaseException) -> str:
-    """The first line of an exception's message (Concrete appends C++ stack dumps)."""
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def new_id() -> str:
@@ -454,7 +450,7 @@ class FHEServer:
             keys = fhe.EvaluationKeys.deserialize(evaluation_keys)
         except RuntimeError as exc:
             raise MalformedPayloadError(
-                f"These bytes are not serialized evaluation keys ({_first_line(exc)})."
+                f"These bytes are not serialized evaluation keys ({first_line(exc)})."
             ) from exc
         key_id = new_id()
         with self._lock:
@@ -544,14 +540,14 @@ class FHEServer:
             value = fhe.Value.deserialize(ciphertext)
         except RuntimeError as exc:
             raise MalformedPayloadError(
-                f"These bytes are not a serialized ciphertext ({_first_line(exc)})."
+                f"These bytes are not a serialized ciphertext ({first_line(exc)})."
             ) from exc
         try:
             return deployment.fhe_server.run(value, keys).serialize()
         except RuntimeError as exc:
             raise IncompatiblePayloadError(
                 "The ciphertext does not fit this deployment's circuit (was it encrypted "
-                f"with this deployment's client.zip?): {_first_line(exc)}"
+                f"with this deployment's client.zip?): {first_line(exc)}"
             ) from exc
 
     # -- introspection -----------------------------------------------------

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import train_test_split
 
+from fl_training.validation import InvalidParameterError
+
 #: Seed of the held-out test split. Fixed on purpose: every run, every
 #: strategy and every n_bits setting is scored on the same unseen samples.
 TEST_SPLIT_SEED = 42
@@ -202,6 +204,19 @@ def _load_cached(name: str, data_dir: str | None) -> Dataset:
     return _LOADERS[name](Path(data_dir) if data_dir else None)
 
 
+def check_dataset_name(name: object) -> str:
+    """Return ``name`` if it names one of :data:`DATASET_NAMES`.
+
+    Raises
+    ------
+    InvalidParameterError
+        Naming the datasets there are.
+    """
+    if not isinstance(name, str) or name not in DATASET_NAMES:
+        raise InvalidParameterError(f"Unknown dataset {name!r}; choose one of {', '.join(DATASET_NAMES)}.")
+    return name
+
+
 def load_dataset(name: str = DEFAULT_DATASET, data_dir: str | os.PathLike | None = None) -> Dataset:
     """Load a dataset by name, with its fixed train/test split.
 
@@ -221,13 +236,10 @@ def load_dataset(name: str = DEFAULT_DATASET, data_dir: str | os.PathLike | None
 
     Raises
     ------
-    ValueError
+    InvalidParameterError
         If ``name`` is not a known dataset.
     DatasetUnavailableError
         If the dataset needs a download that fails.
     """
-    if name not in _LOADERS:
-        raise ValueError(
-            f"Unknown dataset {name!r}. Choose one of: {', '.join(DATASET_NAMES)}."
-        )
+    check_dataset_name(name)
     return _load_cached(name, str(data_dir) if data_dir is not None else None)

@@ -1,25 +1,68 @@
-"""Saving and loading the trained model.
+"""Saving, loading and checking model files.
 
-The project's format is skops: loading it never runs code, and we accept only
-an explicit allow-list of estimator types. Pickle is written only on explicit
-request (compatibility with older demos' ``model.pkl``) and is never read from
-untrusted sources.
+The project's format is skops: loading it never runs code. Before anything is
+built from a file, :func:`audit_model_file` reads its table of contents and
+schema and refuses anything but a small archive describing a plain
+LogisticRegression (:data:`ALLOWED_SKOPS_TYPES`). Pickle is written only on
+explicit request (compatibility with older demos' ``model.pkl``) and is never
+read from untrusted sources.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
+import zipfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
+
+from fl_training.datasets import DATASET_NAMES, Dataset, DatasetUnavailableError, load_dataset
 
 #: Estimators a model file may contain. A linear classifier is all the FHE
 #: side needs; anything else is refused before it is used.
 ALLOWED_MODEL_TYPES: tuple[type, ...] = (LogisticRegression,)
 
 MODEL_FORMATS = ("skops", "pickle")
+
+#: Largest model file read (the app's upload limit; an MNIST model is ~70 kB).
+MAX_MODEL_FILE_BYTES = 5 * 1024 * 1024
+#: Zip-bomb guards: what a model file may unpack to.
+MAX_MODEL_UNPACKED_BYTES = 64 * 1024 * 1024
+MAX_MODEL_ENTRIES = 256
+MAX_SCHEMA_NODES = 10_000
+
+#: The one class a model file may instantiate.
+MODEL_CLASS = "sklearn.linear_model._logistic.LogisticRegression"
+#: Every type a .skops file may name (``module.Class``): the model class and
+#: the plain containers, numbers, strings and arrays its fitted state is made
+#: of. skops's own default list trusts every scikit-learn estimator and more;
+#: this one is the explicit, smaller list a LogisticRegression needs.
+ALLOWED_SKOPS_TYPES = frozenset({
+    MODEL_CLASS,
+    "builtins.dict", "builtins.list", "builtins.tuple", "builtins.str", "builtins.int",
+    "builtins.float", "builtins.bool", "builtins.NoneType",
+    "numpy.ndarray", "numpy.int32", "numpy.int64", "numpy.float32", "numpy.float64",
+})
+#: How skops may rebuild them: no functions, methods, partials, reduce calls,
+#: random states or arbitrary objects.
+ALLOWED_SKOPS_LOADERS = frozenset({
+    "ObjectNode", "DictNode", "ListNode", "TupleNode", "JsonNode", "TypeNode", "NdArrayNode", "CachedNode",
+})
+#: Datasets that need a download, and the offline dataset with the same
+#: features and classes (not downloaded just to word an error message).
+_SAME_SHAPE_AS = {"mnist": "mnist-5k"}
+
+_SKOPS_HINT = "save a fitted scikit-learn LogisticRegression with skops.io.dump(model, 'model.skops')"
+#: Why a file that is not a zip archive is refused; ``{name}`` is the file's name.
+PICKLE_REFUSED = (
+    "{name} is not a skops file. Pickle/joblib files are refused because loading them runs code; "
+    + _SKOPS_HINT + "."
+)
 
 
 class ModelFileError(ValueError):
@@ -65,8 +108,8 @@ def load_model(path: str | os.PathLike, *, allow_pickle: bool = False) -> Logist
     Parameters
     ----------
     path : path-like
-        A ``.skops`` file. Its content is checked against an allow-list
-        before anything is built from it: loading runs no code.
+        A ``.skops`` file. It is audited by :func:`audit_model_file` before
+        anything is built from it, and loading runs no code.
     allow_pickle : bool, default=False
         Also accept pickle files. Unpickling runs arbitrary code: only for
         files you created yourself, never for uploads.
@@ -80,50 +123,40 @@ def load_model(path: str | os.PathLike, *, allow_pickle: bool = False) -> Logist
     ------
     ModelFileError
         If the file is not a skops file, holds types outside the allow-list,
-        or is not a fitted linear classifier.
+        is too large, or is not a fitted linear classifier.
     """
     import skops.io as sio
 
     path = Path(path)
     with open(path, "rb") as fh:
         head = fh.read(4)
-    if head != b"PK\x03\x04":  # skops files are zip archives
-        if not allow_pickle:
-            raise ModelFileError(
-                f"{path.name} is not a skops file. Pickle/joblib files are refused because "
-                "loading them runs code; save your model with skops.io.dump(model, 'model.skops')."
-            )
+    if allow_pickle and head != b"PK\x03\x04":
         with open(path, "rb") as fh:
             model = pickle.load(fh)  # noqa: S301 - explicit opt-in for the caller's own files
     else:
+        audit_model_file(path)
         try:
-            untrusted = sio.get_untrusted_types(file=path)
-        except Exception as exc:
-            raise ModelFileError(f"{path.name} is not a valid skops file: {exc}") from exc
-        if untrusted:
-            raise ModelFileError(
-                f"{path.name} contains types outside the allow-list: {', '.join(untrusted)}. "
-                "Only a scikit-learn LogisticRegression can be used."
-            )
-        try:
-            model = sio.load(path, trusted=False)
+            model = sio.load(path, trusted=sorted(ALLOWED_SKOPS_TYPES))
         except Exception as exc:
             raise ModelFileError(f"{path.name} could not be loaded: {exc}") from exc
     check_model(model)
     return model
 
 
-def check_model(model: object, n_features: int | None = None, classes=None) -> None:
-    """Raise :class:`ModelFileError` unless ``model`` is a usable fitted classifier.
+def check_model(model: object) -> None:
+    """Refuse anything but a fitted classifier with finite weights.
+
+    Whether it fits a dataset is :func:`check_model_fits`'s question.
 
     Parameters
     ----------
     model : object
         The candidate.
-    n_features : int, optional
-        Required number of input features.
-    classes : array-like, optional
-        Required label set.
+
+    Raises
+    ------
+    ModelFileError
+        If it is not an allowed type, not fitted, or has NaN or infinite weights.
     """
     if not isinstance(model, ALLOWED_MODEL_TYPES):
         names = ", ".join(t.__name__ for t in ALLOWED_MODEL_TYPES)
@@ -133,13 +166,184 @@ def check_model(model: object, n_features: int | None = None, classes=None) -> N
         raise ModelFileError("The model is not fitted: call fit() before saving it.")
     if not np.all(np.isfinite(coef)) or not np.all(np.isfinite(model.intercept_)):
         raise ModelFileError("The model's weights contain NaN or infinity.")
-    if n_features is not None and coef.shape[1] != n_features:
+
+
+# --------------------------------------------------------------------------
+# Auditing a file before anything is built from it
+# --------------------------------------------------------------------------
+
+
+def _megabytes(n_bytes: int) -> str:
+    if n_bytes < 2**20:
+        return f"{n_bytes / 1024:.1f} KB ({n_bytes:,} bytes)"
+    return f"{n_bytes / 2**20:.1f} MB ({n_bytes:,} bytes)"
+
+
+def _skops_nodes(schema: Any) -> Iterator[dict[str, Any]]:
+    """Every node of a skops schema (iteratively: a deep file cannot exhaust the stack)."""
+    stack, seen = [schema], 0
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if "__loader__" in item:
+                seen += 1
+                if seen > MAX_SCHEMA_NODES:
+                    raise ModelFileError(
+                        f"The model file describes more than {MAX_SCHEMA_NODES:,} objects; "
+                        f"a LogisticRegression needs a few dozen: {_SKOPS_HINT}."
+                    )
+                yield item
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+def audit_model_file(path: str | os.PathLike) -> None:
+    """Refuse a model file unless it is a small skops archive naming allowed types only.
+
+    Only the archive's table of contents and its ``schema.json`` are read:
+    no object is built and no code runs. Pickle and joblib files are refused
+    outright, since unpickling runs code.
+
+    Parameters
+    ----------
+    path : path-like
+        The file, e.g. an upload.
+
+    Raises
+    ------
+    ModelFileError
+        Saying what is wrong with the file and how to save a usable one.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    if size > MAX_MODEL_FILE_BYTES:
         raise ModelFileError(
-            f"The model expects {coef.shape[1]} features, but the dataset has {n_features}. "
-            "Pick the dataset the model was trained on."
+            f"{path.name} is {_megabytes(size)}; model files may be at most "
+            f"{_megabytes(MAX_MODEL_FILE_BYTES)} (a LogisticRegression takes kilobytes)."
         )
-    if classes is not None and not np.array_equal(np.asarray(model.classes_), np.asarray(classes)):
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if head != b"PK\x03\x04" or not zipfile.is_zipfile(path):  # skops files are zip archives
+        raise ModelFileError(PICKLE_REFUSED.format(name=path.name))
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+            unpacked = sum(entry.file_size for entry in entries)
+            too_big = len(entries) > MAX_MODEL_ENTRIES or unpacked > MAX_MODEL_UNPACKED_BYTES
+            schema_bytes = None if too_big else archive.read("schema.json")
+        schema = None if too_big else json.loads(schema_bytes)
+    except KeyError:
         raise ModelFileError(
-            f"The model predicts classes {list(model.classes_)}, but the dataset has "
-            f"{list(np.asarray(classes))}. Pick the dataset the model was trained on."
+            f"{path.name} has no schema.json, so it is not a skops file: {_SKOPS_HINT}."
+        ) from None
+    except (zipfile.BadZipFile, ValueError, RecursionError, OSError) as exc:
+        raise ModelFileError(
+            f"{path.name} is not a valid skops file ({exc.__class__.__name__}): {_SKOPS_HINT}."
+        ) from exc
+    if too_big:
+        raise ModelFileError(
+            f"{path.name} unpacks to {len(entries)} files and {_megabytes(unpacked)}; "
+            f"a model file may hold at most {MAX_MODEL_ENTRIES} files and "
+            f"{_megabytes(MAX_MODEL_UNPACKED_BYTES)}."
         )
+    refused = set()
+    for node in _skops_nodes(schema):
+        loader = node.get("__loader__")
+        if loader == "CachedNode":  # a reference to an object described elsewhere in the file
+            continue
+        name = f"{node.get('__module__')}.{node.get('__class__')}"
+        if loader not in ALLOWED_SKOPS_LOADERS:
+            refused.add(f"{name} (as {loader})")
+        elif name not in ALLOWED_SKOPS_TYPES or (loader == "ObjectNode") != (name == MODEL_CLASS):
+            refused.add(name)
+    if refused:
+        listed = ", ".join(sorted(refused)[:5]) + (" …" if len(refused) > 5 else "")
+        raise ModelFileError(
+            f"{path.name} contains types outside the allow-list: {listed}. Only a plain "
+            f"LogisticRegression is accepted: {_SKOPS_HINT}."
+        )
+
+
+# --------------------------------------------------------------------------
+# Does a model fit a dataset?
+# --------------------------------------------------------------------------
+
+
+def _describe_classes(classes: np.ndarray) -> str:
+    values = list(np.asarray(classes).tolist())
+    if (
+        len(values) > 2
+        and all(isinstance(v, int) for v in values)
+        and values == list(range(values[0], values[0] + len(values)))
+    ):
+        return f"{values[0]}–{values[-1]}"
+    shown = ", ".join(str(v) for v in values[:12])
+    return shown + (", …" if len(values) > 12 else "")
+
+
+def datasets_fitting(n_features: int, classes: Any) -> list[str]:
+    """Names of the demo's datasets with exactly these features and classes.
+
+    Parameters
+    ----------
+    n_features : int
+        Number of input features.
+    classes : array-like
+        Label set.
+
+    Returns
+    -------
+    list of str
+        Matching dataset names (datasets that need a download are matched
+        through an offline dataset of the same shape, never downloaded).
+    """
+    classes = np.asarray(classes)
+    fits = []
+    for name in DATASET_NAMES:
+        try:
+            dataset = load_dataset(_SAME_SHAPE_AS.get(name, name))
+        except DatasetUnavailableError:
+            continue
+        if dataset.n_features == n_features and np.array_equal(dataset.classes, classes):
+            fits.append(name)
+    return fits
+
+
+def check_model_fits(model: Any, dataset: Dataset) -> None:
+    """Refuse a model whose features or classes are not the dataset's, naming those that fit.
+
+    Parameters
+    ----------
+    model : LogisticRegression
+        A fitted model (already checked by :func:`check_model`).
+    dataset : Dataset
+        The dataset it is meant for.
+
+    Raises
+    ------
+    ModelFileError
+        With the model's and the dataset's shapes and the datasets it would fit.
+    """
+    n_features = int(np.atleast_2d(model.coef_).shape[1])
+    classes = np.asarray(model.classes_)
+    if n_features != dataset.n_features:
+        problem = f"The model expects {n_features} features, but the dataset has {dataset.n_features}"
+    elif not np.array_equal(classes, dataset.classes):
+        problem = (f"The model predicts classes {_describe_classes(classes)}, but the dataset has "
+                   f"{_describe_classes(dataset.classes)}")
+    else:
+        return
+    shape = f"{n_features} features, classes {_describe_classes(classes)}"
+    fits = datasets_fitting(n_features, classes)
+    if fits:
+        advice = (f"The model ({shape}) fits {' or '.join(fits)}: select that dataset and press the "
+                  f"button again, or upload a model trained on {dataset.name}'s raw features.")
+    else:
+        offline = [load_dataset(name) for name in DATASET_NAMES if name not in _SAME_SHAPE_AS]
+        shapes = "; ".join(
+            f"{d.name}: {d.n_features} features, classes {_describe_classes(d.classes)}" for d in offline
+        )
+        advice = (f"No dataset of this demo fits the model ({shape}); they are {shapes}. Upload a "
+                  "LogisticRegression trained on the raw features of one of them.")
+    raise ModelFileError(f"{problem} ({dataset.name}). {advice}")

@@ -108,16 +108,11 @@ def _with_differential_privacy(strategy: Strategy, cfg: TrainingConfig) -> Strat
     Flower's accountant supports fixed clipping with FedAvg aggregation, every
     client taking part in every round (no sampling amplification) and equal
     client weights (the ClientApp reports ``num-examples = 1`` under DP).
+    :func:`fl_training.task.validate_config` has already refused any other
+    strategy and a noise multiplier of 0.
     """
     from flwr.serverapp import NeighboringRelation, PrivacyConfig, RdpAccountant, SamplingMethod
 
-    if type(strategy) is not FedAvg:
-        raise ValueError(
-            "Differential privacy with privacy accounting needs strategy 'fedavg'; "
-            f"got {cfg.strategy!r}."
-        )
-    if cfg.noise_multiplier <= 0:
-        raise ValueError("Differential privacy needs noise_multiplier > 0 (e.g. 0.5 or 1.0).")
     accountant = RdpAccountant(
         PrivacyConfig(
             target_delta=DP_DELTA,

@@ -30,13 +30,10 @@ from dataclasses import dataclass, field
 
 from sklearn.linear_model import LogisticRegression
 
-from fl_training.datasets import load_dataset
 from fl_training.server_app import DP_DELTA, RoundRecord
-from fl_training.task import TrainingConfig, check_fits_dataset, partition_indices
+from fl_training.task import TrainingConfig, partition_indices
 
 _SIMULATION_LOCK = threading.Lock()
-_waiting = 0
-_waiting_lock = threading.Lock()
 
 #: How long a child may stay silent (no round finished) before it counts as hung.
 ROUND_TIMEOUT_SECONDS = 600.0
@@ -84,11 +81,6 @@ class TrainingResult:
         if self.config.differential_privacy:
             out.update(epsilon=last.epsilon, delta=DP_DELTA)
         return out
-
-
-def runs_waiting() -> int:
-    """How many training runs are waiting for the running one to finish."""
-    return _waiting
 
 
 def _backend_config() -> dict:
@@ -215,8 +207,10 @@ def stream_training(
 
     Raises
     ------
-    ValueError
+    InvalidParameterError
         If the settings do not fit the dataset (checked before anything starts).
+    ValueError
+        If the run itself refused a value.
     RuntimeError
         If the simulation fails.
 
@@ -225,15 +219,11 @@ def stream_training(
     Closing the generator early (e.g. the user left) stops the child process
     and its Ray workers before the next run may start.
     """
-    check_fits_dataset(config, load_dataset(config.dataset))
-    partition_indices(config)  # fail fast, in the caller, on impossible partitions
+    # Fail fast, in the caller, on settings the dataset cannot serve (this also
+    # runs check_fits_dataset).
+    partition_indices(config)
 
-    global _waiting
-    with _waiting_lock:
-        _waiting += 1
     _SIMULATION_LOCK.acquire()
-    with _waiting_lock:
-        _waiting -= 1
     process = None
     try:
         start = time.perf_counter()

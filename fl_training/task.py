@@ -16,17 +16,43 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, log_loss
 
-from fl_training.datasets import DATASET_NAMES, DEFAULT_DATASET, Dataset, load_dataset
+from fl_training.datasets import DEFAULT_DATASET, Dataset, check_dataset_name, load_dataset
+from fl_training.validation import InvalidParameterError, real_number, whole_number
 
 PARTITIONINGS = ("iid", "dirichlet", "pathological")
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedmedian")
 
-#: Limits that keep a run meaningful and within a 2-core machine's reach.
+# The valid range of every numeric setting: validation, the command line and
+# the UI's sliders all read them from here. They keep a run meaningful and
+# within a 2-core machine's reach.
+MIN_CLIENTS = 2
 MAX_CLIENTS = 100
+MIN_ROUNDS = 1
 MAX_ROUNDS = 100
+MIN_LOCAL_EPOCHS = 1
 MAX_LOCAL_EPOCHS = 200
+MAX_CLASSES_PER_CLIENT = 1000
+MAX_SEED = 2**32 - 1
+ALPHA_RANGE = (1e-3, 1e3)
+PROXIMAL_MU_RANGE = (0.0, 1e3)
+NOISE_MULTIPLIER_RANGE = (0.0, 100.0)
+CLIPPING_NORM_RANGE = (1e-6, 1e6)
 #: A client needs at least this many training samples.
 MIN_SAMPLES_PER_CLIENT = 10
+
+_WHOLE_NUMBER_BOUNDS: dict[str, tuple[int, int]] = {
+    "num_clients": (MIN_CLIENTS, MAX_CLIENTS),
+    "num_rounds": (MIN_ROUNDS, MAX_ROUNDS),
+    "local_epochs": (MIN_LOCAL_EPOCHS, MAX_LOCAL_EPOCHS),
+    "classes_per_client": (1, MAX_CLASSES_PER_CLIENT),
+    "seed": (0, MAX_SEED),
+}
+_REAL_NUMBER_BOUNDS: dict[str, tuple[float, float]] = {
+    "alpha": ALPHA_RANGE,
+    "proximal_mu": PROXIMAL_MU_RANGE,
+    "noise_multiplier": NOISE_MULTIPLIER_RANGE,
+    "clipping_norm": CLIPPING_NORM_RANGE,
+}
 
 
 @dataclass(frozen=True)
@@ -85,75 +111,125 @@ class TrainingConfig:
         return asdict(self)
 
     @classmethod
+    def from_values(cls, **values: Any) -> TrainingConfig:
+        """Build a config from loosely typed values (a web form, a JSON API, a run config).
+
+        Parameters
+        ----------
+        **values
+            Any of the fields above, by name. Numbers may arrive as floats
+            (``3.0`` becomes ``3`` for whole-number fields) or numpy scalars;
+            NaN, infinity, strings and out-of-range numbers are refused.
+            ``differential_privacy`` must be a bool. Missing fields take their
+            defaults.
+
+        Returns
+        -------
+        TrainingConfig
+            A validated config whose numbers have their proper Python types.
+
+        Raises
+        ------
+        InvalidParameterError
+            Naming the offending parameter and its valid values.
+        """
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(set(values) - set(names))
+        if unknown:
+            raise InvalidParameterError(
+                f"Unknown training parameter {', '.join(map(repr, unknown))}; use any of {', '.join(names)}."
+            )
+        kwargs = dict(values)
+        for name, (low, high) in _WHOLE_NUMBER_BOUNDS.items():
+            if name in kwargs:
+                kwargs[name] = whole_number(name, kwargs[name], low, high)
+        for name, (low, high) in _REAL_NUMBER_BOUNDS.items():
+            if name in kwargs:
+                kwargs[name] = real_number(name, kwargs[name], low, high)
+        if "differential_privacy" in kwargs:
+            flag = kwargs["differential_privacy"]
+            kwargs["differential_privacy"] = _true_or_false("differential_privacy", flag)
+        return cls(**kwargs)
+
+    @classmethod
     def from_mapping(cls, values: Any) -> TrainingConfig:
         """Build a config from a Flower ``ConfigRecord`` or any mapping.
 
         Keys may use dashes (Flower's style) or underscores; missing keys take
-        their defaults, unknown keys are ignored.
+        their defaults, unknown keys are ignored. Values are checked as by
+        :meth:`from_values`.
         """
+        names = {f.name for f in fields(cls)}
         normalised = {str(k).replace("-", "_"): values[k] for k in values.keys()}
-        kwargs = {}
-        for f in fields(cls):
-            if f.name in normalised:
-                kwargs[f.name] = type(f.default)(normalised[f.name])
-        return cls(**kwargs)
+        return cls.from_values(**{k: v for k, v in normalised.items() if k in names})
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+def _true_or_false(name: str, value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise InvalidParameterError(f"{name} must be true or false, got {value!r}.")
+    return bool(value)
 
 
 def validate_config(cfg: TrainingConfig) -> None:
-    """Raise ``ValueError`` with an actionable message if ``cfg`` cannot run."""
-    if cfg.dataset not in DATASET_NAMES:
-        raise ValueError(f"Unknown dataset {cfg.dataset!r}; choose one of {', '.join(DATASET_NAMES)}.")
+    """Raise :class:`InvalidParameterError` with an actionable message if ``cfg`` cannot run.
+
+    Parameters
+    ----------
+    cfg : TrainingConfig
+        The settings to check (its constructor calls this).
+
+    Raises
+    ------
+    InvalidParameterError
+        Naming the offending setting and its valid values.
+    """
+    check_dataset_name(cfg.dataset)
     if cfg.partitioning not in PARTITIONINGS:
-        raise ValueError(
+        raise InvalidParameterError(
             f"Unknown partitioning {cfg.partitioning!r}; choose one of {', '.join(PARTITIONINGS)}."
         )
     if cfg.strategy not in STRATEGIES:
-        raise ValueError(f"Unknown strategy {cfg.strategy!r}; choose one of {', '.join(STRATEGIES)}.")
-    for name, low, high in (
-        ("num_clients", 2, MAX_CLIENTS),
-        ("num_rounds", 1, MAX_ROUNDS),
-        ("local_epochs", 1, MAX_LOCAL_EPOCHS),
-        ("classes_per_client", 1, 1000),
-    ):
-        value = getattr(cfg, name)
-        if not _is_number(value) or int(value) != value or not low <= value <= high:
-            raise ValueError(f"{name} must be a whole number from {low} to {high}, got {value!r}.")
-    for name, low, high in (
-        ("alpha", 1e-3, 1e3),
-        ("proximal_mu", 0.0, 1e3),
-        ("noise_multiplier", 0.0, 100.0),
-        ("clipping_norm", 1e-6, 1e6),
-    ):
-        value = getattr(cfg, name)
-        if not _is_number(value) or not np.isfinite(value) or not low <= value <= high:
-            raise ValueError(f"{name} must be a number from {low:g} to {high:g}, got {value!r}.")
-    if not _is_number(cfg.seed) or int(cfg.seed) != cfg.seed or not 0 <= cfg.seed < 2**32:
-        raise ValueError(f"seed must be a whole number from 0 to 2**32-1, got {cfg.seed!r}.")
-    if cfg.differential_privacy:
+        raise InvalidParameterError(
+            f"Unknown strategy {cfg.strategy!r}; choose one of {', '.join(STRATEGIES)}."
+        )
+    for name, (low, high) in _WHOLE_NUMBER_BOUNDS.items():
+        whole_number(name, getattr(cfg, name), low, high)
+    for name, (low, high) in _REAL_NUMBER_BOUNDS.items():
+        real_number(name, getattr(cfg, name), low, high)
+    if _true_or_false("differential_privacy", cfg.differential_privacy):
         # Flower's privacy accountant covers FedAvg aggregation with positive noise only.
         if cfg.strategy != "fedavg":
-            raise ValueError(
+            raise InvalidParameterError(
                 f"Differential privacy needs strategy 'fedavg' (its accounting assumes FedAvg); "
                 f"got {cfg.strategy!r}."
             )
         if cfg.noise_multiplier <= 0:
-            raise ValueError("Differential privacy needs noise_multiplier > 0, e.g. 0.5 or 1.0.")
+            raise InvalidParameterError("Differential privacy needs noise_multiplier > 0, e.g. 0.5 or 1.0.")
 
 
 def check_fits_dataset(cfg: TrainingConfig, dataset: Dataset) -> None:
-    """Raise ``ValueError`` if the dataset is too small or has too few labels for ``cfg``."""
+    """Refuse settings the dataset is too small or has too few labels for.
+
+    Parameters
+    ----------
+    cfg : TrainingConfig
+        The planned run.
+    dataset : Dataset
+        Its dataset, loaded.
+
+    Raises
+    ------
+    InvalidParameterError
+        Saying how many clients or classes per client the dataset allows.
+    """
     max_clients = len(dataset.y_train) // MIN_SAMPLES_PER_CLIENT
     if cfg.num_clients > max_clients:
-        raise ValueError(
+        raise InvalidParameterError(
             f"{dataset.name} has {len(dataset.y_train)} training samples: at most {max_clients} "
             f"clients get {MIN_SAMPLES_PER_CLIENT} samples each. Use fewer clients."
         )
     if cfg.partitioning == "pathological" and cfg.classes_per_client > dataset.n_classes:
-        raise ValueError(
+        raise InvalidParameterError(
             f"{dataset.name} has {dataset.n_classes} classes; classes_per_client must be at most "
             f"{dataset.n_classes}."
         )
@@ -199,6 +275,11 @@ def partition_indices(cfg: TrainingConfig) -> tuple[np.ndarray, ...]:
     -------
     tuple of ndarray
         ``num_clients`` arrays of row indices into ``dataset.X_train``.
+
+    Raises
+    ------
+    InvalidParameterError
+        If the dataset cannot be divided this way (see :func:`check_fits_dataset`).
     """
     from datasets import Dataset as HFDataset
 
@@ -214,13 +295,13 @@ def partition_indices(cfg: TrainingConfig) -> tuple[np.ndarray, ...]:
             for i in range(cfg.num_clients)
         )
     except ValueError as exc:
-        raise ValueError(
+        raise InvalidParameterError(
             f"Could not divide {dataset.name} into {cfg.num_clients} {cfg.partitioning} partitions "
             f"({exc}). Use fewer clients or a larger alpha."
         ) from exc
     for i, part in enumerate(parts):
         if len(part) == 0:
-            raise ValueError(
+            raise InvalidParameterError(
                 f"Client {i} got no data with {cfg.partitioning} partitioning. Use fewer clients "
                 "or more classes per client."
             )
@@ -366,3 +447,23 @@ def train_centralized(dataset: Dataset, max_iter: int = 200) -> LogisticRegressi
         warnings.simplefilter("ignore", ConvergenceWarning)
         model.fit(scaling.transform(dataset.X_train), dataset.y_train)
     return export_model(get_parameters(model), dataset)
+
+
+@lru_cache(maxsize=8)
+def baseline_accuracy(dataset_name: str) -> float:
+    """Test accuracy of a model trained centrally on the whole training split.
+
+    Parameters
+    ----------
+    dataset_name : str
+        One of :data:`fl_training.datasets.DATASET_NAMES`.
+
+    Returns
+    -------
+    float
+        Accuracy of :func:`train_centralized`'s model on the fixed test split
+        (cached per dataset).
+    """
+    dataset = load_dataset(dataset_name)
+    model = train_centralized(dataset)
+    return float(model.score(dataset.X_test, dataset.y_test))

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from app import build_demo, launch_options
-from ui.session import FHEServerHandle, SessionRegistry
+from fhe_model.connection import FHEServerHandle
+from story import SessionRegistry
 
 #: The smallest meaningful federated run: ~12 s on 2 cores, Ray start-up included.
 SMALL_TRAINING = {"dataset": "digits", "num_clients": 3, "num_rounds": 2}

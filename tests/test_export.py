@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from fl_training.datasets import load_dataset
-from fl_training.model_io import ModelFileError, check_model, load_model, save_model
+from fl_training.model_io import ModelFileError, check_model, check_model_fits, load_model, save_model
 from fl_training.task import (
     export_model,
     feature_scaling,
@@ -42,7 +42,8 @@ def test_skops_round_trip(tmp_path):
     path = save_model(model, tmp_path / "model.skops")
     loaded = load_model(path)
     np.testing.assert_array_equal(loaded.predict(d.X_test), model.predict(d.X_test))
-    check_model(loaded, n_features=64, classes=d.classes)
+    check_model(loaded)
+    check_model_fits(loaded, d)
 
 
 def test_pickle_is_written_on_request_but_never_loaded_by_default(tmp_path):
@@ -72,7 +73,7 @@ def test_hostile_pickle_leaves_no_file(tmp_path):
 
 def test_model_that_does_not_fit_the_dataset_is_refused():
     model, _ = _trained_digits_model()
-    with pytest.raises(ModelFileError, match="784"):
-        check_model(model, n_features=784)
-    with pytest.raises(ModelFileError, match="classes"):
-        check_model(model, classes=np.array([0, 1]))
+    with pytest.raises(ModelFileError, match="expects 64 features, but the dataset has 784"):
+        check_model_fits(model, load_dataset("mnist-5k"))
+    with pytest.raises(ModelFileError, match="expects 64 features, but the dataset has 30"):
+        check_model_fits(model, load_dataset("breast-cancer"))

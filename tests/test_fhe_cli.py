@@ -45,7 +45,7 @@ def test_compile_writes_a_deployment(model_file, tmp_path, capsys):
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--n-bits", "20"], "n_bits must be an integer from 2 to 16"),
+        (["--n-bits", "20"], "n_bits must be a whole number from 2 to 16"),
         (["--dataset", "breast-cancer"], "features"),
         (["--calibration-samples", "0"], "calibration_samples"),
     ],

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fhe_model import developer
 from fhe_model.client import FHEClient, FHEClientError, decrypt_with_fresh_keys
 from fhe_model.deployment import (
     MODEL_INFO_ENTRY,
@@ -23,7 +24,13 @@ from fhe_model.deployment import (
     read_model_info,
     split_upload,
 )
-from fhe_model.developer import calibration_inputs, compile_model, validate_n_bits
+from fhe_model.developer import (
+    calibration_inputs,
+    compile_model,
+    n_bits_sweep,
+    validate_calibration,
+    validate_n_bits,
+)
 from fhe_model.evaluation import evaluate_encrypted, in_process_server_call
 from fhe_model.server import (
     FHEServer,
@@ -64,10 +71,57 @@ def test_compile_report_and_files(digits_deployment):
     assert json.loads(files.report.read_text())["n_bits"] == 8
 
 
-@pytest.mark.parametrize("bad", [1, 17, 0, -3, 8.0, True, "8", None])
+@pytest.mark.parametrize("bad", [1, 17, 0, -3, 8.5, float("nan"), True, "8", None])
 def test_n_bits_validation_rejects(bad):
-    with pytest.raises(ValueError, match="n_bits must be an integer from 2 to 16"):
+    with pytest.raises(ValueError, match="n_bits must be a whole number from 2 to 16"):
         validate_n_bits(bad)
+
+
+@pytest.mark.parametrize(("value", "expected"), [(8.0, 8), (np.int64(3), 3), (16, 16), (np.float32(2.0), 2)])
+def test_n_bits_validation_accepts_whole_numbers(value, expected):
+    validated = validate_n_bits(value)
+    assert validated == expected and type(validated) is int
+
+
+def test_calibration_validation(digits_deployment):
+    assert validate_calibration("random") == "random"
+    for bad in ("nearest", None, ["data"]):
+        with pytest.raises(ValueError, match=r"^calibration must be one of data, random, got "):
+            validate_calibration(bad)
+    with pytest.raises(ValueError, match="got 'nearest'"):
+        compile_model(digits_deployment.model, digits_deployment.dataset, calibration="nearest")
+
+
+def _circuit_dirs(compiled) -> list[Path]:
+    circuit = compiled.concrete_model.fhe_circuit
+    return [Path(server._library.get_output_dir_path()) for server in (circuit.server, circuit.simulator)]
+
+
+def test_n_bits_sweep_keeps_only_reports(digits_deployment, monkeypatch):
+    created: list[Path] = []
+
+    def compile_and_record(*args, **kwargs):
+        compiled = compile_model(*args, **kwargs)
+        dirs = _circuit_dirs(compiled)
+        assert all(path.is_dir() for path in dirs)
+        created.extend(dirs)
+        return compiled
+
+    monkeypatch.setattr(developer, "compile_model", compile_and_record)
+    calls = []
+    reports = n_bits_sweep(digits_deployment.model, digits_deployment.dataset, (3, 4.0), samples=20,
+                           progress=lambda done, total: calls.append((done, total)))
+    assert [r.n_bits for r in reports] == [3, 4] and calls == [(1, 2), (2, 2)]
+    assert all(r.evaluation_samples == 20 and r.calibration_samples == 300 for r in reports)
+    assert len(created) == 4
+    assert not [path for path in created if path.exists()], "the sweep left compiled circuits behind"
+
+    created.clear()
+    with pytest.raises(ValueError, match="got 20"):  # refused before anything compiles
+        n_bits_sweep(digits_deployment.model, digits_deployment.dataset, (3, 20))
+    with pytest.raises(ValueError, match="calibration must be one of"):
+        n_bits_sweep(digits_deployment.model, digits_deployment.dataset, calibration="nearest")
+    assert created == []
 
 
 @pytest.mark.parametrize("n_bits", [2, 16])
@@ -370,7 +424,8 @@ def test_evaluation_stops_on_server_error(digits_deployment, keyed_client):
 def test_server_modules_cannot_reach_private_keys():
     code = (
         "import sys, fhe_model.http_server, fhe_model.server;"
-        "bad = [m for m in ('fhe_model.client', 'fhe_model.evaluation', 'fhe_model.http_client')"
+        "bad = [m for m in ('fhe_model.client', 'fhe_model.connection', 'fhe_model.evaluation',"
+        " 'fhe_model.http_client')"
         " if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
     )
     result = subprocess.run(

@@ -31,11 +31,12 @@ from PIL import Image
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
-import ui.session
+import story.base
+import story.compiling
 from fl_training.datasets import load_dataset
-from fl_training.model_io import save_model
+from fl_training.model_io import MAX_MODEL_FILE_BYTES, MAX_MODEL_UNPACKED_BYTES, save_model
 from tests.app_fixtures import handler, launched_app  # noqa: F401 - fixture
-from ui.session import MAX_DRAWING_SIDE, MAX_MODEL_FILE_BYTES, MAX_MODEL_UNPACKED_BYTES
+from tests.model_files import read_schema, rezip
 
 # The test models are fitted briefly; how well they converge does not matter here.
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
@@ -97,21 +98,6 @@ def _call(demo: gr.Blocks, api_name: str, *args, **kwargs):
     return list(result)[-1] if hasattr(result, "__next__") else result
 
 
-def _rezip(source: Path, target: Path, replace: dict[str, bytes], extra: dict | None = None) -> Path:
-    """Copy a zip, replacing some members' bytes and adding others."""
-    with zipfile.ZipFile(source) as src, zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as dst:
-        for name in src.namelist():
-            dst.writestr(name, replace.get(name, src.read(name)))
-        for name, data in (extra or {}).items():
-            dst.writestr(name, data)
-    return target
-
-
-def _schema(path: Path) -> dict:
-    with zipfile.ZipFile(path) as archive:
-        return json.loads(archive.read("schema.json"))
-
-
 def _hostile_files(folder: Path, marker: Path, good: Path) -> dict[str, Path]:
     """Files that would create ``marker`` if anything unpickled them."""
     payload = pickle.dumps(_CreatesFile(marker))
@@ -130,7 +116,7 @@ def _hostile_files(folder: Path, marker: Path, good: Path) -> dict[str, Path]:
     np.save(npy, np.array([_CreatesFile(marker)], dtype=object), allow_pickle=True)
     with zipfile.ZipFile(good) as archive:
         array_file = next(name for name in archive.namelist() if name.endswith(".npy"))
-    files["pickled numpy array in skops"] = _rezip(good, folder / "npy.skops", {array_file: npy.getvalue()})
+    files["pickled numpy array in skops"] = rezip(good, folder / "npy.skops", {array_file: npy.getvalue()})
     return files
 
 
@@ -166,17 +152,17 @@ def test_skops_files_naming_other_types_are_refused_before_loading(launched_app,
     pipeline = tmp_path / "pipeline.skops"
     sio.dump(Pipeline([("model", model)]), pipeline)  # skops itself would trust this one
 
-    schema = _schema(good)
+    schema = read_schema(good)
     schema["content"]["content"]["solver"] = {
         "__class__": "system", "__module__": "os", "__loader__": "FunctionNode",
         "content": {"module_path": "os", "function": "system"}, "__id__": 1,
     }
-    function = _rezip(good, tmp_path / "function.skops", {"schema.json": json.dumps(schema).encode()})
-    schema = _schema(good)
+    function = rezip(good, tmp_path / "function.skops", {"schema.json": json.dumps(schema).encode()})
+    schema = read_schema(good)
     schema["__class__"], schema["__module__"] = "Popen", "subprocess"
-    other_class = _rezip(good, tmp_path / "popen.skops", {"schema.json": json.dumps(schema).encode()})
-    bomb = _rezip(good, tmp_path / "bomb.skops", {}, {"padding.bin": bytes(MAX_MODEL_UNPACKED_BYTES + 1)})
-    deep = _rezip(good, tmp_path / "deep.skops", {"schema.json": b"[" * 100_000 + b"]" * 100_000})
+    other_class = rezip(good, tmp_path / "popen.skops", {"schema.json": json.dumps(schema).encode()})
+    bomb = rezip(good, tmp_path / "bomb.skops", {}, {"padding.bin": bytes(MAX_MODEL_UNPACKED_BYTES + 1)})
+    deep = rezip(good, tmp_path / "deep.skops", {"schema.json": b"[" * 100_000 + b"]" * 100_000})
     not_skops = tmp_path / "archive.skops"
     with zipfile.ZipFile(not_skops, "w") as archive:
         archive.writestr("model.pkl", pickle.dumps(model))
@@ -317,25 +303,6 @@ def test_non_finite_values_and_wrong_lengths_get_clear_errors(launched_app, api_
     assert error and re.search(message, error), error
 
 
-@pytest.mark.parametrize(
-    ("drawing", "message"),
-    [
-        (None, "drawing is blank"),
-        (np.full((280, 280, 4), 255, np.uint8), "drawing is blank"),
-        (np.full((28, 28), np.nan), "no NaN or infinity"),
-        (np.full((28, 28), 300.0), "from 0 to 255"),
-        (np.zeros(784), "height × width"),
-        (np.zeros((28, 28, 5)), "1, 3 or 4 channels"),
-        (np.zeros((MAX_DRAWING_SIDE + 1, 1)), f"1 to {MAX_DRAWING_SIDE} pixels on a side"),
-        (np.zeros((0, 28)), f"1 to {MAX_DRAWING_SIDE} pixels"),
-        ("not an image", "Expected the drawing as an image"),
-    ],
-)
-def test_bad_drawings_are_refused_with_a_message(drawing, message):
-    with pytest.raises(ui.session.StepError, match=message):
-        ui.session.drawing_to_features({"composite": drawing}, load_dataset("digits"))
-
-
 def test_the_label_preview_says_n_samples_each_when_all_clients_hold_as_many(launched_app):  # noqa: F811
     preview = next(f.fn for f in launched_app.demo.fns.values()
                    if getattr(f.fn, "__name__", "") == "preview_distribution")
@@ -461,7 +428,7 @@ def test_concurrent_sessions_each_get_their_own_answer(launched_app, models):  #
 def test_compile_runs_in_fresh_threads_without_the_ui_workaround(launched_app, models):  # noqa: F811
     import concrete.fhe  # noqa: F401 - Concrete's thread-local state now belongs to this thread
 
-    assert not hasattr(ui.session, "prepare_concrete_thread")
+    assert not any(hasattr(module, "prepare_concrete_thread") for module in (story.base, story.compiling))
     session = launched_app.registry.new_session()
     _call(launched_app.demo, "upload_model", str(models["digits"]), "digits", session)
     outcomes: list = []

@@ -4,6 +4,7 @@ from sklearn.linear_model import LogisticRegression
 
 from fl_training.datasets import load_dataset
 from fl_training.task import (
+    MAX_SEED,
     TrainingConfig,
     feature_scaling,
     fit_local,
@@ -13,6 +14,7 @@ from fl_training.task import (
     partition_indices,
     set_parameters,
 )
+from fl_training.validation import InvalidParameterError, one_of, real_number, whole_number
 
 
 @pytest.mark.parametrize(
@@ -87,13 +89,61 @@ def test_client_missing_classes_still_trains_over_the_global_label_set():
         (dict(dataset="cifar"), "dataset"),
         (dict(differential_privacy=True, strategy="fedmedian"), "fedavg"),
         (dict(differential_privacy=True, noise_multiplier=0.0), "noise_multiplier"),
+        (dict(seed=-1), f"seed must be a whole number from 0 to {MAX_SEED}, got -1"),
+        (dict(differential_privacy="yes"), "differential_privacy must be true or false"),
     ],
 )
 def test_invalid_settings_are_refused_with_a_message(bad, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(InvalidParameterError, match=match):
         TrainingConfig(**bad)
 
 
 def test_too_many_clients_for_the_dataset_is_refused():
-    with pytest.raises(ValueError, match="fewer clients"):
+    with pytest.raises(InvalidParameterError, match="fewer clients"):
         partition_indices(TrainingConfig(dataset="breast-cancer", num_clients=60))
+
+
+def test_from_values_turns_whole_floats_into_ints_and_keeps_defaults():
+    cfg = TrainingConfig.from_values(
+        dataset="digits", num_clients=3.0, num_rounds=np.int64(2), alpha=1, differential_privacy=np.True_
+    )
+    assert (cfg.num_clients, cfg.num_rounds) == (3, 2)
+    assert type(cfg.num_clients) is int and type(cfg.num_rounds) is int
+    assert type(cfg.alpha) is float and cfg.differential_privacy is True
+    assert cfg.local_epochs == TrainingConfig().local_epochs
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (dict(num_clients=float("nan")), r"num_clients must be a whole number from 2 to 100, got nan\."),
+        (dict(num_clients="three"), "num_clients must be a whole number from 2 to 100, got 'three'"),
+        (dict(num_rounds=2.5), "num_rounds must be a whole number"),
+        (dict(num_rounds=True), "num_rounds must be a whole number"),
+        (dict(alpha=float("inf")), "alpha must be a number from 0.001 to 1000, got inf"),
+        (dict(differential_privacy="true"), "differential_privacy must be true or false, got 'true'"),
+        (dict(differential_privacy=1), "differential_privacy must be true or false, got 1"),
+        (dict(strategy="fedsgd"), "Unknown strategy 'fedsgd'; choose one of fedavg"),
+        (dict(rounds=3), "Unknown training parameter 'rounds'"),
+    ],
+)
+def test_from_values_refuses_bad_values_naming_the_parameter(bad, match):
+    with pytest.raises(InvalidParameterError, match=match):
+        TrainingConfig.from_values(**bad)
+
+
+def test_from_mapping_reads_dashed_keys_and_ignores_unknown_ones():
+    cfg = TrainingConfig.from_mapping({"num-clients": 4, "local_epochs": 3.0, "output": "model.skops"})
+    assert (cfg.num_clients, cfg.local_epochs) == (4, 3)
+    with pytest.raises(InvalidParameterError, match="num_clients"):
+        TrainingConfig.from_mapping({"num-clients": "4"})
+
+
+def test_validation_helpers():
+    assert whole_number("n", 3.0, 1, 5) == 3
+    assert real_number("x", np.float32(0.5), 0, 1) == 0.5
+    assert one_of("source", "drawing", ("test sample", "drawing")) == "drawing"
+    with pytest.raises(InvalidParameterError, match="must be one of test sample, drawing, got 'photo'"):
+        one_of("source", "photo", ("test sample", "drawing"))
+    with pytest.raises(ValueError, match=r"x must be a number from 0 to 1, got True\."):
+        real_number("x", True, 0, 1)

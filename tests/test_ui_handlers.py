@@ -17,11 +17,12 @@ import numpy as np
 import pytest
 
 from app import build_demo
+from fhe_model.connection import FHEServerHandle
 from fl_training.datasets import load_dataset
 from fl_training.model_io import save_model
 from fl_training.task import train_centralized
+from story import SessionRegistry
 from tests.app_fixtures import SMALL_TRAINING, digit_drawing, handler
-from ui.session import FHEServerHandle, SessionRegistry
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
-"""The Gradio demo: one module per tab, per-session orchestration in :mod:`ui.session`.
+"""The Gradio views of the demo: one module per tab, plus the widgets and glue they share.
 
-``ui.session`` and ``ui.figures`` do not import gradio; the tab modules only
-turn widgets into calls of :class:`ui.session.DemoSession` and results into
-widgets.
+The tabs turn widgets into calls of :class:`story.DemoSession` and its results
+into widgets; the logic they call never imports gradio. :mod:`ui.errors` is the
+one place that turns the logic's errors into what the visitor reads.
 """

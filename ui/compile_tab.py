@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
 import pandas as pd
 
+from fhe_model.developer import DEFAULT_N_BITS, N_BITS_MAX, N_BITS_MIN, SWEEP_N_BITS, SWEEP_SAMPLES
+from story import DemoSession
 from ui import figures
-from ui.common import HEAVY, DemoContext, lenient, pipeline_status, serve_file, user_errors
-from ui.session import SWEEP_N_BITS, SWEEP_SAMPLES, DemoSession, format_bytes
+from ui.common import HEAVY, DemoContext, lenient, pipeline_status
+from ui.errors import user_errors
+from ui.files import serve_file
+from ui.formatting import format_bytes
 
-DEFAULT_N_BITS = 8
+#: Labels of :data:`fhe_model.developer.CALIBRATION_MODES`.
 CALIBRATION_CHOICES = [
     ("Representative data (a sample of the training set)", "data"),
     ("Random inputs in the public feature range — the server holds no data", "random"),
 ]
-
 
 SWEEP_COLUMNS = {
     "n_bits": "n_bits", "max_bit_width": "bit width", "compile_seconds": "compile s",
@@ -53,30 +57,39 @@ def compile_markdown(summary: dict[str, Any]) -> str:
     )
 
 
-def build(ctx: DemoContext, pipeline: gr.Markdown) -> None:
-    """Create tab 2's widgets and events inside the current ``gr.Tab``.
+@dataclass
+class CompilePanel:
+    """Settings, the compile result and the deployment files."""
 
-    Parameters
-    ----------
-    ctx : DemoContext
-        Registry and session state.
-    pipeline : gr.Markdown
-        The status line above the tabs.
-    """
-    gr.Markdown(
-        "FHE computes on **integers**: Concrete ML quantizes the inputs and weights to `n_bits` and "
-        "compiles the model into a circuit of encrypted integer operations. Fewer bits → a cheaper "
-        "circuit, but a coarser model."
-    )
+    n_bits: gr.Slider
+    calibration: gr.Radio
+    button: gr.Button
+    message: gr.Markdown
+    table: gr.Dataframe
+    client_zip: gr.File
+    server_zip: gr.File
+    result_json: gr.JSON
+
+
+@dataclass
+class SweepPanel:
+    """Accuracy against n_bits."""
+
+    button: gr.Button
+    plot: gr.Plot
+    table: gr.Dataframe
+
+
+def _compile_panel() -> CompilePanel:
     with gr.Row():
         with gr.Column(scale=2, min_width=300):
-            n_bits = lenient(gr.Slider(2, 16, value=DEFAULT_N_BITS, step=1, label="n_bits"))
+            n_bits = lenient(gr.Slider(N_BITS_MIN, N_BITS_MAX, value=DEFAULT_N_BITS, step=1, label="n_bits"))
             calibration = gr.Radio(
                 CALIBRATION_CHOICES, value="data", label="Calibration inputs (fix the quantization ranges)",
             )
-            compile_button = gr.Button("Compile", variant="primary")
+            button = gr.Button("Compile", variant="primary")
         with gr.Column(scale=3, min_width=360):
-            compile_md = gr.Markdown("Train or upload a model in tab 1, then press **Compile**.")
+            message = gr.Markdown("Train or upload a model in tab 1, then press **Compile**.")
             table = gr.Dataframe(label="Accuracy: clear vs FHE", interactive=False)
     with gr.Row():
         client_zip = gr.File(
@@ -84,18 +97,24 @@ def build(ctx: DemoContext, pipeline: gr.Markdown) -> None:
         )
         server_zip = gr.File(label="server.zip (for the server: the circuit)", interactive=False)
     with gr.Accordion("Compile report (JSON, as the API returns it)", open=False):
-        compile_json = gr.JSON(label="/compile result")
+        result_json = gr.JSON(label="/compile result")
+    return CompilePanel(n_bits, calibration, button, message, table, client_zip, server_zip, result_json)
 
+
+def _sweep_panel() -> SweepPanel:
     gr.Markdown(
         f"#### Accuracy vs n_bits\nCompiles the model at n_bits = {', '.join(map(str, SWEEP_N_BITS))} and "
         f"scores each circuit (FHE-simulated) on {SWEEP_SAMPLES} test samples. Takes a few seconds per value."
     )
     with gr.Row():
-        sweep_button = gr.Button("Run the n_bits sweep")
+        button = gr.Button("Run the n_bits sweep")
     with gr.Row():
-        sweep_plot = gr.Plot(label="Accuracy and bit width vs n_bits", format="png")
-        sweep_table = gr.Dataframe(label="Sweep", interactive=False)
+        plot = gr.Plot(label="Accuracy and bit width vs n_bits", format="png")
+        table = gr.Dataframe(label="Sweep", interactive=False)
+    return SweepPanel(button, plot, table)
 
+
+def _wire_compile(ctx: DemoContext, panel: CompilePanel) -> None:
     @user_errors
     def compile_model(
         n_bits: int = DEFAULT_N_BITS,
@@ -106,19 +125,22 @@ def build(ctx: DemoContext, pipeline: gr.Markdown) -> None:
         """Compile the session's model (API: /compile)."""
         session = ctx.session(state, request)
         summary = session.compile(n_bits, calibration)
-        files = session.deployment.files
+        client_zip, server_zip = session.deployment_files
         return (
             summary, compile_markdown(summary), accuracy_table(summary),
-            serve_file(session, files.client_zip), serve_file(session, files.server_zip), session,
+            serve_file(session, client_zip), serve_file(session, server_zip), session,
             pipeline_status(session),
         )
 
-    compile_button.click(
-        compile_model, [n_bits, calibration, ctx.state],
-        [compile_json, compile_md, table, client_zip, server_zip, ctx.state, pipeline],
-        api_name="compile", show_progress_on=[compile_md], **HEAVY,
+    panel.button.click(
+        compile_model, [panel.n_bits, panel.calibration, ctx.state],
+        [panel.result_json, panel.message, panel.table, panel.client_zip, panel.server_zip, ctx.state,
+         ctx.pipeline],
+        api_name="compile", show_progress_on=[panel.message], **HEAVY,
     )
 
+
+def _wire_sweep(ctx: DemoContext, calibration: gr.Radio, panel: SweepPanel) -> None:
     @user_errors
     def sweep(calibration: str = "data", state: DemoSession | None = None, request: gr.Request = None):
         """Accuracy at several n_bits (API: /n_bits_sweep)."""
@@ -127,7 +149,26 @@ def build(ctx: DemoContext, pipeline: gr.Markdown) -> None:
         frame = pd.DataFrame(rows).rename(columns=SWEEP_COLUMNS)
         return figures.n_bits_figure(rows), frame, session
 
-    sweep_button.click(
-        sweep, [calibration, ctx.state], [sweep_plot, sweep_table, ctx.state],
+    panel.button.click(
+        sweep, [calibration, ctx.state], [panel.plot, panel.table, ctx.state],
         api_name="n_bits_sweep", **HEAVY,
     )
+
+
+def build(ctx: DemoContext) -> None:
+    """Create tab 2's widgets and events inside the current ``gr.Tab``.
+
+    Parameters
+    ----------
+    ctx : DemoContext
+        Registry, session state and the status line.
+    """
+    gr.Markdown(
+        "FHE computes on **integers**: Concrete ML quantizes the inputs and weights to `n_bits` and "
+        "compiles the model into a circuit of encrypted integer operations. Fewer bits → a cheaper "
+        "circuit, but a coarser model."
+    )
+    compile_panel = _compile_panel()
+    sweep_panel = _sweep_panel()
+    _wire_compile(ctx, compile_panel)
+    _wire_sweep(ctx, compile_panel.calibration, sweep_panel)

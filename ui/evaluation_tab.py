@@ -7,8 +7,10 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from ui.common import HEAVY, PROGRESS, DemoContext, lenient, run_in_thread, user_errors
-from ui.session import MAX_EVALUATION_SAMPLES, DemoSession
+from story import DemoSession
+from story.evaluation import MAX_EVALUATION_SAMPLES
+from ui.common import HEAVY, PROGRESS, DemoContext, lenient, run_in_thread
+from ui.errors import user_errors
 
 DEFAULT_SAMPLES = 50
 
@@ -30,15 +32,13 @@ def results_table(result: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["", "value"])
 
 
-def build(ctx: DemoContext, pipeline: gr.Markdown) -> None:
+def build(ctx: DemoContext) -> None:
     """Create tab 4's widgets and events inside the current ``gr.Tab``.
 
     Parameters
     ----------
     ctx : DemoContext
-        Registry and session state.
-    pipeline : gr.Markdown
-        The status line above the tabs.
+        Registry, session state and the status line.
     """
     gr.Markdown(
         "Runs the first N test samples through **encrypt → FHE server → decrypt** with this session's "
@@ -46,7 +46,9 @@ def build(ctx: DemoContext, pipeline: gr.Markdown) -> None:
         "Needs steps ① (keys) of tab 3."
     )
     with gr.Row():
-        num_samples = lenient(gr.Slider(1, 500, value=DEFAULT_SAMPLES, step=1, label="Test samples"))
+        num_samples = lenient(
+            gr.Slider(1, MAX_EVALUATION_SAMPLES, value=DEFAULT_SAMPLES, step=1, label="Test samples")
+        )
         run_button = gr.Button("Evaluate on encrypted data", variant="primary")
     status = gr.Markdown()
     table = gr.Dataframe(label="Encrypted vs clear", interactive=False)

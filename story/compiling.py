@@ -1,0 +1,122 @@
+"""Act 2: the model owner converts and compiles the model into an FHE circuit."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fhe_model import developer
+from fhe_model.connection import RemoteDeployment
+from fl_training.datasets import load_dataset
+from story.base import SessionCore
+from story.stages import CompiledStage
+
+
+class CompileSteps(SessionCore):
+    """Tab 2's steps: :meth:`compile` and :meth:`n_bits_sweep`."""
+
+    def compile(self, n_bits: Any = developer.DEFAULT_N_BITS, calibration: str = "data") -> dict[str, Any]:
+        """Quantize and compile the model, and save this session's deployment.
+
+        Parameters
+        ----------
+        n_bits : int
+            Quantization bits (:data:`fhe_model.developer.N_BITS_MIN` to ``N_BITS_MAX``).
+        calibration : {"data", "random"}
+            Representative training rows, or random inputs in the public
+            feature range (a server that holds no data).
+
+        Returns
+        -------
+        dict
+            ``n_bits``, ``max_bit_width``, ``compile_seconds``, ``accuracy_clear``,
+            ``accuracy_quantized``, ``accuracy_fhe_simulated`` and more.
+
+        Raises
+        ------
+        StepError
+            Without a model.
+        ValueError
+            For invalid settings (from :mod:`fhe_model.developer`).
+        """
+        n_bits = developer.validate_n_bits(n_bits)
+        calibration = developer.validate_calibration(calibration)
+        with self._step("compilation"):
+            stage = self._require_model()
+            dataset = load_dataset(stage.dataset)
+            compiled = developer.compile_model(stage.model, dataset, n_bits=n_bits, calibration=calibration)
+            try:
+                files = developer.save_deployment(compiled, self._new_public_dir() / "deployment")
+            except BaseException:
+                developer.remove_compiled_files(compiled)
+                raise
+            remote = RemoteDeployment(self.server, files.server_zip, files.client_zip)
+            self._replace_deployment(CompiledStage(compiled, files, remote))
+            return self.compile_summary()
+
+    def compile_summary(self) -> dict[str, Any]:
+        """The JSON summary of the current deployment (see :meth:`compile`)."""
+        stage = self._require_deployment()
+        report = stage.compiled.report
+        return {
+            "dataset": report.dataset,
+            "n_bits": report.n_bits,
+            "calibration": report.calibration,
+            "max_bit_width": report.max_bit_width,
+            "conversion_seconds": round(report.conversion_seconds, 3),
+            "compile_seconds": round(report.compile_seconds, 3),
+            "accuracy_clear": report.clear_accuracy,
+            "accuracy_quantized": report.quantized_accuracy,
+            "accuracy_fhe_simulated": report.fhe_simulated_accuracy,
+            "fhe_clear_agreement": report.fhe_clear_agreement,
+            "evaluation_samples": report.evaluation_samples,
+            "range_check_passed": report.range_check_passed,
+            "client_zip_bytes": stage.files.client_zip_bytes,
+            "server_zip_bytes": stage.files.server_zip_bytes,
+        }
+
+    def n_bits_sweep(
+        self,
+        n_bits_values: tuple[int, ...] = developer.SWEEP_N_BITS,
+        calibration: str = "data",
+        samples: int = developer.SWEEP_SAMPLES,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Compile the model at several ``n_bits`` and score each on a test subset.
+
+        The session's deployment is not changed.
+
+        Parameters
+        ----------
+        n_bits_values : tuple of int
+            Bits to try.
+        calibration : {"data", "random"}
+            As in :meth:`compile`.
+        samples : int
+            Test samples scored per value (FHE-simulated).
+        progress : callable, optional
+            ``progress(done, total)`` after each value.
+
+        Returns
+        -------
+        list of dict
+            One row per value: ``n_bits``, ``max_bit_width``, ``compile_seconds``,
+            ``accuracy_clear``, ``accuracy_fhe_simulated``.
+        """
+        calibration = developer.validate_calibration(calibration)
+        with self._step("the n_bits sweep"):
+            stage = self._require_model()
+            reports = developer.n_bits_sweep(
+                stage.model, load_dataset(stage.dataset), n_bits_values,
+                calibration=calibration, samples=samples, progress=progress,
+            )
+            return [
+                {
+                    "n_bits": report.n_bits,
+                    "max_bit_width": report.max_bit_width,
+                    "compile_seconds": round(report.compile_seconds, 3),
+                    "accuracy_clear": report.clear_accuracy,
+                    "accuracy_fhe_simulated": report.fhe_simulated_accuracy,
+                }
+                for report in reports
+            ]

@@ -1,0 +1,28 @@
+"""The story's own error: a step that cannot run yet, or a session that has ended."""
+
+from __future__ import annotations
+
+
+class StepError(ValueError):
+    """A step cannot run: a previous step is missing, another step is running, or the session ended.
+
+    The message says what to do; the session is unchanged. Invalid values are
+    refused by the module that owns the rule, with its own error (e.g.
+    :class:`fl_training.validation.InvalidParameterError`).
+    """
+
+
+SESSION_ENDED = (
+    "This session has ended (the tab was closed or stayed idle too long) and its keys "
+    "were deleted. Reload the page to start again."
+)
+
+#: What each missing step tells the visitor to do, in the order of the story.
+NEEDS_MODEL = (
+    "No model yet: train one in tab 1 (Federated training → Start federated training) "
+    "or upload a .skops model there first."
+)
+NEEDS_COMPILE = "The model is not compiled yet: run tab 2 (Convert & compile → Compile) first."
+NEEDS_KEYS = "No keys yet: run step ① Key generation first."
+NEEDS_ENCRYPTION = "Nothing is encrypted yet: run step ② Encryption first."
+NEEDS_SERVER_RUN = "The server has not computed anything yet: run step ③ FHE execution first."

@@ -1,0 +1,123 @@
+"""Act 1: a model, trained together with Flower or uploaded as a file."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from fl_training.datasets import load_dataset
+from fl_training.model_io import check_model_fits, load_model, save_model
+from fl_training.server_app import RoundRecord
+from fl_training.task import TrainingConfig, baseline_accuracy, partition_indices
+from story.base import SessionCore
+from story.errors import StepError
+from story.stages import Baseline, ModelStage
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingSteps(SessionCore):
+    """Tab 1's steps: :meth:`train` and :meth:`use_uploaded_model`."""
+
+    def train(self, cfg: TrainingConfig) -> Iterator[Baseline | RoundRecord | dict[str, Any]]:
+        """Run federated training with Flower, yielding each round as it ends.
+
+        Parameters
+        ----------
+        cfg : TrainingConfig
+            A validated config (:meth:`TrainingConfig.from_values` builds one
+            from loosely typed UI or API values).
+
+        Yields
+        ------
+        Baseline
+            First: the accuracy of a centrally trained model, for comparison.
+        RoundRecord
+            One per round (round 0: the initial model).
+        dict
+            Last: the summary (``accuracy``, ``rounds``, ``clients``, ``seconds``,
+            ``history``, ``baseline_accuracy``; ``epsilon``/``delta`` under DP).
+            The session's model is replaced only then.
+
+        Raises
+        ------
+        StepError
+            If the run fails.
+        fl_training.validation.InvalidParameterError
+            If the settings do not fit the dataset (before anything slow starts).
+        """
+        from fl_training.simulation import TrainingResult, stream_training
+
+        with self._step("training"):
+            dataset = load_dataset(cfg.dataset)
+            partition_indices(cfg)  # refuse impossible partitions before anything slow
+            # Computed before Ray starts, never beside it: Ray forks its processes
+            # while starting, and a fork during a BLAS call in another thread hangs
+            # both (OpenBLAS's fork handlers). Cached per dataset afterwards.
+            try:
+                baseline: float | None = baseline_accuracy(cfg.dataset)
+            except Exception as exc:  # the baseline is a comparison, not a requirement
+                logger.warning("baseline training failed: %s", exc)
+                baseline = None
+            yield Baseline(baseline)
+            result: TrainingResult | None = None
+            try:
+                for item in stream_training(cfg):
+                    if isinstance(item, TrainingResult):
+                        result = item
+                    else:
+                        yield item
+            except RuntimeError as exc:
+                raise StepError(f"Training failed: {exc}") from exc
+            if result is None:
+                raise StepError("Training ended without a model; try again.")
+            summary = result.summary()
+            summary["baseline_accuracy"] = baseline
+            summary["source"] = "federated"
+            model_file = save_model(result.model, self._new_public_dir() / "federated_model.skops")
+            self._replace_model(ModelStage(result.model, dataset.name, "federated", summary, model_file))
+            yield summary
+
+    def use_uploaded_model(self, path: str | os.PathLike | None, dataset_name: str) -> dict[str, Any]:
+        """Use an existing scikit-learn model instead of training one.
+
+        Parameters
+        ----------
+        path : path-like or None
+            An uploaded ``.skops`` file (pickles are refused: loading them runs code).
+        dataset_name : str
+            The dataset the model must fit (features and classes).
+
+        Returns
+        -------
+        dict
+            ``source``, ``dataset``, ``accuracy``, ``n_features``, ``classes``.
+
+        Raises
+        ------
+        StepError
+            If no file was given.
+        fl_training.model_io.ModelFileError
+            If it is not a safe model that fits the dataset.
+        """
+        if path is None or not Path(path).is_file():
+            raise StepError("No file: choose a .skops model file to upload.")
+        dataset = load_dataset(dataset_name)
+        with self._step("the upload"):
+            model = load_model(path)  # audited against the allow-list before anything is built
+            check_model_fits(model, dataset)
+            accuracy = float(model.score(dataset.X_test, dataset.y_test))
+            summary = {
+                "source": "uploaded",
+                "dataset": dataset.name,
+                "accuracy": accuracy,
+                "n_features": dataset.n_features,
+                "classes": [int(c) for c in model.classes_],
+                "baseline_accuracy": None,
+            }
+            model_file = save_model(model, self._new_public_dir() / "uploaded_model.skops")
+            self._replace_model(ModelStage(model, dataset.name, "uploaded", summary, model_file))
+            return summary
