@@ -9,16 +9,19 @@ Blocks and launches them: each tab lives in :mod:`ui`, the visitor's story in
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
 from fhe_model.connection import FHEServerHandle
+from fl_training import simulation
 from fl_training.model_io import MAX_MODEL_FILE_BYTES
-from story import DEFAULT_IDLE_TTL_SECONDS, DemoSession, SessionRegistry
-from ui import about_tab, compile_tab, evaluation_tab, inference_tab, training_tab
+from story import DEFAULT_IDLE_TTL_SECONDS, SessionRegistry
+from ui import about_tab, compile_tab, evaluation_tab, image_guard, inference_tab, page, training_tab
 from ui.common import DemoContext, pipeline_status
 
 TITLE = "Private ML end to end: federated learning + encrypted inference"
@@ -30,15 +33,8 @@ DELETE_CACHE = (900, int(DEFAULT_IDLE_TTL_SECONDS))
 #: closed ones included, up to 10,000 by default). Far more than 2 vCPUs serve at
 #: once; a session pushed out keeps its work, which ``story.SessionRegistry`` holds.
 STATE_SESSION_CAPACITY = 128
-CSS = """
-.gradio-container { max-width: 1280px !important; }
-#pipeline { font-size: 0.92em; }
-"""
-
-
-def _close_state(session: DemoSession | None) -> None:
-    if session is not None:
-        session.close()
+#: The page's styles: phone and projector layouts, tables, charts, tab 3's picture.
+CSS = (Path(__file__).parent / "ui" / "style.css").read_text()
 
 
 def build_demo(registry: SessionRegistry | None = None) -> gr.Blocks:
@@ -58,10 +54,12 @@ def build_demo(registry: SessionRegistry | None = None) -> gr.Blocks:
     """
     if registry is None:
         registry = SessionRegistry(FHEServerHandle.from_env())
+    image_guard.install()  # image inputs are checked before Gradio decodes them
     with gr.Blocks(title="FL + FHE demo", delete_cache=DELETE_CACHE) as demo:
-        state = gr.State(None, delete_callback=_close_state)
+        state = gr.State(None, delete_callback=functools.partial(page.close_state, registry))
         gr.Markdown(f"# {TITLE}")
         pipeline = gr.Markdown(pipeline_status(None), elem_id="pipeline")
+        notice = gr.Markdown(elem_id="notice")
         ctx = DemoContext(demo=demo, registry=registry, state=state, pipeline=pipeline)
         with gr.Tabs():
             with gr.Tab("1 · Federated training", id="train"):
@@ -74,13 +72,9 @@ def build_demo(registry: SessionRegistry | None = None) -> gr.Blocks:
                 evaluation_tab.build(ctx)
             with gr.Tab("5 · About", id="about"):
                 about_tab.build()
-
-        def end_session(request: gr.Request) -> None:
-            # Runs when the tab closes: the private key goes now, not when gr.State expires.
-            registry.close(request.session_hash)
-
-        demo.unload(end_session)
-    demo.queue(max_size=32)
+        page.build(ctx, notice)  # a reload resumes the model; closing the tab deletes the private key
+    # Room for a workshop of 30, each with a few events waiting.
+    demo.queue(max_size=128)
     demo.registry = registry  # type: ignore[attr-defined]
     return demo
 
@@ -106,6 +100,7 @@ def launch_options(registry: SessionRegistry) -> dict[str, Any]:
         "theme": gr.themes.Soft(primary_hue="orange", secondary_hue="blue"),
         "css": CSS,
         "max_file_size": MAX_MODEL_FILE_BYTES,
+        "app_kwargs": {"middleware": [image_guard.body_limit(MAX_MODEL_FILE_BYTES)]},
         "blocked_paths": [str(registry.keys_root)],
         "state_session_capacity": STATE_SESSION_CAPACITY,
         "show_error": True,
@@ -125,12 +120,14 @@ def main() -> None:
     registry = SessionRegistry(FHEServerHandle.from_env())
     url = registry.server.start()
     logging.getLogger(__name__).info("FHE server: %s", url)
+    registry.prepare(training_tab.DEFAULT_TRAINING)
     demo = build_demo(registry)
     try:
         demo.launch(**launch_options(registry))
     finally:
         registry.close_all()
         registry.server.stop()
+        simulation.shutdown()
 
 
 if __name__ == "__main__":

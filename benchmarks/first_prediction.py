@@ -3,9 +3,9 @@
 Starts the app in a subprocess on a free port, then drives it through its API
 with ``gradio_client``: train (mnist-5k, 5 clients × 3 rounds), compile,
 keygen, encrypt, run on the FHE server, decrypt. Prints the seconds of each
-step and in total (goal: < 45 s on 2 cores), checks that the decrypted
+step and in total (goal: <= 15 s on 2 cores), checks that the decrypted
 prediction equals the clear model's, and prints the resident memory of the
-app and its children when idle (goal: <= 1.5 GB).
+app and its children when idle, warm training runtime included (goal: <= 1.5 GB).
 
 Usage::
 
@@ -27,7 +27,7 @@ import httpx
 import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
-GOAL_SECONDS = 45.0
+GOAL_SECONDS = 15.0
 GOAL_RSS_BYTES = 1.5 * 1024**3
 
 
@@ -142,7 +142,7 @@ def main() -> int:
         print(json.dumps(report))
     else:
         print(f"First decrypted prediction {total:.1f} s after a cold `python app.py` "
-              f"(goal < {GOAL_SECONDS:g} s)")
+              f"(goal <= {GOAL_SECONDS:g} s)")
         for name, seconds in steps.items():
             print(f"  {name:<8} {seconds:6.2f} s")
         print(f"Decrypted {decrypted['prediction']} / clear {decrypted['clear_prediction']} / "

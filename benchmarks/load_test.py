@@ -12,10 +12,18 @@ Prints successes, errors, answers that do not belong to their session, and
 per-endpoint latency (p50 / p95 / max). Exits non-zero on any error or wrong
 answer. Not part of the test suite.
 
+``--workshop defaults`` is a classroom: every session trains with the app's
+defaults (mnist-5k, as a participant who just presses the buttons), compiles
+and runs the four steps; ``--workshop seeds`` gives session k seed k, so that
+every training is a different run. Both report when each session held its
+trained model and its decrypted prediction, counted from the common start.
+
 Usage::
 
     python app.py &
     python benchmarks/load_test.py [--url http://127.0.0.1:7860/] [--sessions 10] [--train] [--json]
+    python benchmarks/load_test.py --workshop defaults --sessions 30
+    python benchmarks/load_test.py --workshop seeds --sessions 30
 """
 
 from __future__ import annotations
@@ -59,6 +67,9 @@ class SessionResult:
     expected: int | None = None
     prediction: int | None = None
     app_clear_prediction: int | None = None
+    #: Seconds from the common start until the session held its model / its decrypted prediction.
+    model_at: float | None = None
+    done_at: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -131,6 +142,7 @@ def run_session(args: argparse.Namespace, k: int, index: int, model_file: Path |
     try:
         client = Client(args.url, verbose=False, download_files=str(download_dir / str(k)))
         start.wait()
+        began = time.perf_counter()
 
         def timed(name: str, **kwargs):
             nonlocal step
@@ -140,13 +152,18 @@ def run_session(args: argparse.Namespace, k: int, index: int, model_file: Path |
             result.seconds[name] = time.perf_counter() - begin
             return out
 
-        if args.train:
+        if args.workshop == "defaults":
+            model = load_model(timed("model", api_name="/train")[5])  # the form as it is
+        elif args.workshop == "seeds":
+            model = load_model(timed("model", seed=k, api_name="/train")[5])
+        elif args.train:
             out = timed("model", dataset=args.dataset, num_clients=2, num_rounds=1, local_epochs=2, seed=k,
                         api_name="/train")
             model = load_model(out[5])  # the trained model file, downloaded
         else:
             timed("model", file=handle_file(str(model_file)), dataset=args.dataset, api_name="/upload_model")
             model = load_model(model_file)
+        result.model_at = time.perf_counter() - began
         result.expected = int(model.predict(dataset.X_test[index : index + 1])[0])
         timed("compile", n_bits=args.n_bits, calibration="data", api_name="/compile")
         timed("keygen", api_name="/keygen")
@@ -156,6 +173,7 @@ def run_session(args: argparse.Namespace, k: int, index: int, model_file: Path |
         decrypted = timed("decrypt", api_name="/decrypt")[0]
         result.prediction = decrypted["prediction"]
         result.app_clear_prediction = decrypted["clear_prediction"]
+        result.done_at = time.perf_counter() - began
         client.close()
     except Exception as exc:  # reported, never raised: one failed session must not hide the others
         result.error = f"{exc.__class__.__name__}: {exc}"
@@ -184,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train", action="store_true",
                         help="train each session's model with Flower (2 clients, 1 round; trainings queue "
                              "one behind the other) instead of uploading one model")
+    parser.add_argument("--workshop", choices=("defaults", "seeds"),
+                        help="a classroom: every session trains with the app's defaults (mnist-5k); "
+                             "'seeds' gives session k seed k, so every training is a different run")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--verbose", action="store_true", help="print tracebacks of failed sessions")
     args = parser.parse_args(argv)
@@ -192,12 +213,14 @@ def main(argv: list[str] | None = None) -> int:
     url = args.url if args.url.endswith("/") else args.url + "/"
     args.url = url
 
+    if args.workshop:
+        args.dataset = "mnist-5k"  # the app's default dataset
     dataset = load_dataset(args.dataset)
     with tempfile.TemporaryDirectory(prefix="load-test-") as tmp:
         tmp_path = Path(tmp)
         model_file = None
         model = None
-        if not args.train:
+        if not (args.train or args.workshop):
             model = train_centralized(dataset)
             model_file = save_model(model, tmp_path / f"{args.dataset}.skops")
         samples = pick_samples(dataset, model, args.sessions)
@@ -218,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "url": url,
         "sessions": args.sessions,
-        "mode": "train" if args.train else "upload",
+        "mode": f"workshop-{args.workshop}" if args.workshop else "train" if args.train else "upload",
         "dataset": args.dataset,
         "n_bits": args.n_bits,
         "successes": sum(r.ok for r in results),
@@ -228,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
         "wall_seconds": round(wall, 2),
         "latency_seconds": {step: percentiles([r.seconds[step] for r in results if step in r.seconds])
                             for step in STEPS},
+        "model_at_seconds": percentiles([r.model_at for r in results if r.model_at is not None]),
+        "done_at_seconds": percentiles([r.done_at for r in results if r.done_at is not None]),
         "failures": [{"session": r.session, "step": r.failed_step, "error": r.error}
                      for r in results if r.error],
         "mismatches": [{"session": r.session, "sample_index": r.sample_index, "label": r.label,
@@ -247,6 +272,12 @@ def main(argv: list[str] | None = None) -> int:
             if stats["n"]:
                 p50, p95, top = stats["p50"], stats["p95"], stats["max"]
                 print(f"{step:<10} {stats['n']:>3} {p50:>8.3f} {p95:>8.3f} {top:>8.3f}")
+        for name, key in (("held a trained model", "model_at_seconds"),
+                          ("held a decrypted prediction", "done_at_seconds")):
+            stats = report[key]
+            if stats["n"]:
+                print(f"sessions {name} after p50 {stats['p50']:.1f} s, max {stats['max']:.1f} s "
+                      "(from the common start)")
         for failure in report["failures"]:
             print(f"session {failure['session']} failed at {failure['step']}: {failure['error']}")
         for mismatch in report["mismatches"]:

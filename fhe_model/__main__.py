@@ -94,16 +94,42 @@ def cmd_compile(args: argparse.Namespace) -> None:
     _emit(args, f"Compiled {args.model} -> {files.directory}", data)
 
 
+def _admin_token(args: argparse.Namespace) -> str | None:
+    """The token from --admin-token-file (``-``: stdin's first line) or --admin-token, if any.
+
+    ``$FHE_ADMIN_TOKEN`` is read by ``serve`` itself when neither is given.
+    """
+    if args.admin_token_file:
+        if args.admin_token_file == "-":
+            line = sys.stdin.buffer.readline()
+        else:
+            with open(args.admin_token_file, "rb") as fh:
+                line = fh.readline()
+        token = line.decode("utf-8", "replace").strip()
+        if not token:
+            raise UserError(f"--admin-token-file {args.admin_token_file}: no token on its first line.")
+        return token
+    if args.admin_token:
+        logging.getLogger("fhe_model").warning(
+            "--admin-token is visible to every user of this machine in the process list; "
+            "prefer the FHE_ADMIN_TOKEN environment variable or --admin-token-file."
+        )
+    return args.admin_token
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     from fhe_model.http_server import HTTPSettings, serve
     from fhe_model.server import StoreLimits
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s: %(message)s")
     settings = HTTPSettings(**({"workers": args.workers} if args.workers else {}),
                             max_concurrent_requests=args.max_concurrent)
-    limits = StoreLimits(key_ttl_seconds=args.key_ttl, max_keys=args.max_keys)
-    serve(args.deployment or [], host=args.host, port=args.port, admin_token=args.admin_token,
-          settings=settings, limits=limits, log_level=args.log_level)
+    limits = StoreLimits(key_ttl_seconds=args.key_ttl, max_keys=args.max_keys,
+                         anonymous_key_ttl_seconds=args.anonymous_key_ttl,
+                         max_anonymous_keys=args.max_anonymous_keys)
+    serve(args.deployment or [], host=args.host, port=args.port, admin_token=_admin_token(args),
+          settings=settings, limits=limits, log_level=args.log_level,
+          announce_url=args.announce_url, stop_on_stdin_eof=args.stop_on_stdin_eof)
 
 
 def _key_dir(args: argparse.Namespace, stack: list) -> Path:
@@ -217,14 +243,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="deployment directory; repeat for more, the first is the default")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--admin-token-file", default=None, metavar="PATH",
+                   help="enables POST /deployments with the token on PATH's first line ('-': stdin)")
     p.add_argument("--admin-token", default=None,
-                   help="enables POST /deployments (prefer the FHE_ADMIN_TOKEN environment variable)")
+                   help="the same, but visible in the process list: prefer FHE_ADMIN_TOKEN or "
+                        "--admin-token-file")
     p.add_argument("--workers", type=int, default=None, help="threads running circuits (default: CPUs)")
     p.add_argument("--max-concurrent", type=int, default=None,
                    help="POST requests in progress before 503 (default: 2 x workers)")
-    p.add_argument("--key-ttl", type=float, default=3600.0, help="seconds unused keys are kept")
-    p.add_argument("--max-keys", type=int, default=256)
+    p.add_argument("--key-ttl", type=float, default=3600.0,
+                   help="seconds unused keys uploaded with the admin token are kept")
+    p.add_argument("--max-keys", type=int, default=256,
+                   help="key sets uploaded with the admin token (least recently used evicted past it)")
+    p.add_argument("--anonymous-key-ttl", type=float, default=900.0,
+                   help="seconds unused keys uploaded without the token are kept")
+    p.add_argument("--max-anonymous-keys", type=int, default=64,
+                   help="key sets uploaded without the token (uploads refused past it)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument("--announce-url", action="store_true",
+                   help='print {"url": ...} on stdout once listening (with --port 0)')
+    p.add_argument("--stop-on-stdin-eof", action="store_true",
+                   help="exit when stdin closes (a parent process owns this server)")
     p.set_defaults(handler=cmd_serve)
 
     p = sub.add_parser("evaluate", help="encrypted accuracy and speed of a deployment, in-process")

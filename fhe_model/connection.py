@@ -1,7 +1,7 @@
 """The data owner's side of the HTTP protocol: which server, and what it must hold.
 
 A client needs an FHE server (:class:`FHEServerHandle`: an external one, or a
-local one started on demand), its deployment on that server
+local one started on demand in a process of its own), its deployment on that server
 (:class:`RemoteDeployment`) and its evaluation keys there (:class:`RemoteKeys`).
 The server may forget the last two at any time (TTL, eviction, restart); these
 classes upload them again when it answers 404, so callers only see
@@ -20,10 +20,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from fhe_model.deployment import ADMIN_TOKEN_ENV
 from fhe_model.http_client import FHEServerClient, FHEServerError
-
-# The server defines its admin authentication; the client side reads the same variable.
-from fhe_model.http_server import ADMIN_TOKEN_ENV, LocalServer, start_local_server
+from fhe_model.server_process import ServerProcess
 
 logger = logging.getLogger(__name__)
 
@@ -47,18 +46,25 @@ class FHEServerHandle:
     ----------
     url : str, optional
         An external server (``$FHE_SERVER_URL``). Without it, :meth:`start`
-        runs one on 127.0.0.1 in a background thread of this process.
+        runs ``python -m fhe_model serve`` on 127.0.0.1 as a child process
+        (:class:`fhe_model.server_process.ServerProcess`), owned by this
+        handle: :meth:`stop` stops it, it exits if this process dies, and it
+        is started again if it died meanwhile (its clients upload their
+        deployments and keys again, as after any server restart).
     admin_token : str, optional
-        Bearer token for uploading deployments to the external server
-        (``$FHE_ADMIN_TOKEN``); a local server gets a random one.
+        Bearer token for uploading deployments and keys to the external server
+        (``$FHE_ADMIN_TOKEN``); a local server gets a random one. Never shown in the repr.
     """
 
     def __init__(self, url: str | None = None, admin_token: str | None = None):
         self._url = url.rstrip("/") if url else None
         self._admin_token = admin_token
-        self._local: LocalServer | None = None
+        self._external = url is not None
+        self._process: ServerProcess | None = None
         self._client: FHEServerClient | None = None
         self._lock = threading.Lock()
+        #: Incremented each time a local server process is started.
+        self.generation = 0
 
     @classmethod
     def from_env(cls) -> FHEServerHandle:
@@ -71,6 +77,11 @@ class FHEServerHandle:
         """
         return cls(os.environ.get(SERVER_URL_ENV) or None, os.environ.get(ADMIN_TOKEN_ENV) or None)
 
+    def __repr__(self) -> str:
+        where = self._url or "not started"
+        kind = "external" if self._external else f"local process {self.pid}"
+        return f"FHEServerHandle({where}, {kind})"
+
     @property
     def started(self) -> bool:
         """True between :meth:`start` and :meth:`stop`."""
@@ -79,23 +90,40 @@ class FHEServerHandle:
     @property
     def is_external(self) -> bool:
         """True when the server was given by URL rather than started here."""
-        return self._url is not None and self._local is None
+        return self._external
+
+    @property
+    def pid(self) -> int | None:
+        """The local server's process id (None for an external server, or before :meth:`start`)."""
+        return self._process.pid if self._process is not None else None
 
     def start(self) -> str:
-        """Start the local server if needed and return the server's URL.
+        """Start the local server if needed (again, if it died) and return the server's URL.
 
         Returns
         -------
         str
             Base URL.
+
+        Raises
+        ------
+        fhe_model.server_process.ServerProcessError
+            If the local server did not start.
         """
         with self._lock:
-            if self._url is None:
-                self._local = start_local_server(host="127.0.0.1", port=0)
-                self._url = self._local.url
-                self._admin_token = self._local.admin_token
-                logger.info("FHE server started on %s", self._url)
+            if not self._external and (self._process is None or not self._process.alive):
+                if self._process is not None:
+                    logger.warning("the FHE server process %s ended; starting a new one", self._process.pid)
+                    self._process.stop()
+                if self._client is not None:
+                    self._client.close()
+                    self._client = None
+                self._process = ServerProcess()
+                self.generation += 1
+                self._url, self._admin_token = self._process.url, self._process.admin_token
+                logger.info("FHE server started on %s (process %s)", self._url, self._process.pid)
             if self._client is None:
+                assert self._url is not None
                 self._client = FHEServerClient(self._url)
             return self._url
 
@@ -113,7 +141,7 @@ class FHEServerHandle:
 
     @property
     def admin_token(self) -> str:
-        """Token for ``POST /deployments``.
+        """Token for ``POST /deployments`` (and for keys kept in the server's evicting pool).
 
         Raises
         ------
@@ -128,15 +156,48 @@ class FHEServerHandle:
             )
         return self._admin_token
 
+    def recover(self, generation: int, wait_seconds: float = 2.0) -> bool:
+        """After a request got no answer: whether the local server was (or now is) started afresh.
+
+        A local server process that died (killed, out of memory) is started
+        again here; one that is dying gets ``wait_seconds`` to finish. An
+        external server is never restarted from here.
+
+        Parameters
+        ----------
+        generation : int
+            :attr:`generation` when the failed request was sent.
+        wait_seconds : float
+            How long a process that is still alive may take to exit.
+
+        Returns
+        -------
+        bool
+            True if the server the request went to is gone and another one
+            runs: its deployments and keys must be uploaded again.
+        """
+        if self._external:
+            return False
+        with self._lock:
+            process = self._process
+        if process is not None and process.alive and self.generation == generation:
+            deadline = time.monotonic() + wait_seconds
+            while process.alive and time.monotonic() < deadline:
+                time.sleep(0.02)
+            if process.alive:
+                return False  # it is running: the failure was something else
+        self.start()
+        return self.generation != generation
+
     def stop(self) -> None:
         """Close the HTTP client and stop the local server, if one was started."""
         with self._lock:
             if self._client is not None:
                 self._client.close()
                 self._client = None
-            if self._local is not None:
-                self._local.stop()
-                self._local = None
+            if self._process is not None:
+                self._process.stop()
+                self._process = None
                 self._url = None
 
 
@@ -293,14 +354,17 @@ class RemoteKeys:
         if self._forgotten:
             raise FHEServerError(_KEYS_FORGOTTEN)
         deployment_id = self.deployment.ensure()
+        # With the token that uploaded the deployment: the server keeps these keys in the pool
+        # that anonymous uploads can never fill or evict.
+        token = self.deployment.server.admin_token
         try:
-            key_id = self._client.upload_keys(self._evaluation_keys, deployment_id)
+            key_id = self._client.upload_keys(self._evaluation_keys, deployment_id, admin_token=token)
         except FHEServerError as exc:
             if exc.status_code != 404:
                 raise
             # The deployment is gone too (TTL, eviction, restart): upload it again.
             deployment_id = self.deployment._renew(deployment_id)
-            key_id = self._client.upload_keys(self._evaluation_keys, deployment_id)
+            key_id = self._client.upload_keys(self._evaluation_keys, deployment_id, admin_token=token)
         self._deployment_id = deployment_id
         return key_id
 
@@ -336,10 +400,14 @@ class RemoteKeys:
         key_id = self.key_id
         if self._forgotten:
             raise FHEServerError(_KEYS_FORGOTTEN)
+        server = self.deployment.server
+        generation = server.generation
         try:
             return self._client.predict(key_id, ciphertext), False
         except FHEServerError as exc:
-            if exc.status_code != 404:
+            # 404: the server forgot the keys. No answer at all: maybe its process died and
+            # was started again (running a circuit twice is harmless).
+            if exc.status_code != 404 and not (exc.status_code is None and server.recover(generation)):
                 raise
         return self._client.predict(self._renew(key_id), ciphertext), True
 

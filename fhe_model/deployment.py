@@ -23,6 +23,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+#: Environment variable holding the token that authorizes deployment uploads
+#: (read by the server, and by a client that uploads to a server it did not start).
+ADMIN_TOKEN_ENV = "FHE_ADMIN_TOKEN"
+
 CLIENT_ZIP = "client.zip"
 SERVER_ZIP = "server.zip"
 MODEL_INFO_ENTRY = "fhe_model.json"
@@ -49,10 +53,30 @@ BUNDLE_ENTRIES = frozenset({SERVER_ZIP, CLIENT_ZIP})
 #: deployments are a few kB (MLIR of a 784x10 linear model: ~40 kB).
 DEFAULT_MAX_UNCOMPRESSED_BYTES = 64 * 1024 * 1024
 
-#: ``configuration.json`` is read with jsonpickle, which can build arbitrary
-#: Python objects. Only these tags and type prefixes are accepted.
-_JSONPICKLE_TAGS = frozenset({"py/reduce", "py/type", "py/tuple", "py/object"})
-_JSONPICKLE_TYPE_PREFIX = "concrete.fhe.compilation.configuration."
+#: ``configuration.json`` is read by Concrete with jsonpickle, which builds any
+#: Python object it names and follows attribute chains from a module path
+#: (``concrete.fhe.compilation.configuration.platform.os.system`` is a valid
+#: name to it). So the file is parsed here as plain JSON and may only name
+#: these exact classes: the enums of Concrete's configuration, called with one
+#: plain value (``py/reduce``), and its one dataclass (``py/object``).
+_CONFIGURATION_MODULE = "concrete.fhe.compilation.configuration"
+CONFIGURATION_ENUMS = frozenset(
+    f"{_CONFIGURATION_MODULE}.{name}"
+    for name in (
+        "SecurityLevel", "ParameterSelectionStrategy", "MultiParameterStrategy", "Exactness",
+        "ComparisonStrategy", "BitwiseStrategy", "MultivariateStrategy", "MinMaxStrategy",
+    )
+)
+CONFIGURATION_OBJECTS = frozenset({f"{_CONFIGURATION_MODULE}.ApproximateRoundingConfig"})
+#: Settings that make Concrete write files or keys to disk on the server; an
+#: upload must leave them off.
+_CONFIGURATION_PINNED = {
+    "enable_unsafe_features": False,
+    "use_insecure_key_cache": False,
+    "insecure_key_cache_location": None,
+    "dump_artifacts_on_unexpected_failures": False,
+}
+_SCALARS = (str, int, float, bool, type(None))
 
 
 class DeploymentFormatError(ValueError):
@@ -192,7 +216,13 @@ def read_zip_entries(
 
 
 def check_configuration_json(text: bytes) -> None:
-    """Refuse a ``configuration.json`` that would make jsonpickle build foreign objects.
+    """Refuse a ``configuration.json`` naming anything but Concrete's own configuration types.
+
+    The file is parsed as plain JSON (jsonpickle never sees a refused file).
+    Accepted: JSON values; ``{"py/reduce": [{"py/type": E}, {"py/tuple": [v]}]}``
+    for an enum ``E`` of :data:`CONFIGURATION_ENUMS` and one plain value ``v``;
+    ``{"py/object": C, ...plain fields}`` for ``C`` in :data:`CONFIGURATION_OBJECTS`;
+    ``{"py/tuple": [plain values]}``. Names are compared exactly, never by prefix.
 
     Parameters
     ----------
@@ -202,35 +232,71 @@ def check_configuration_json(text: bytes) -> None:
     Raises
     ------
     DeploymentFormatError
-        If it is not JSON or references anything outside Concrete's configuration enums.
+        If it is not a JSON object of that shape, or turns on a setting that
+        writes files on the server.
     """
+
+    def refuse(why: str) -> DeploymentFormatError:
+        return DeploymentFormatError(
+            f"server.zip: configuration.json {why}; it is not a Concrete configuration."
+        )
+
+    def plain(node: Any) -> bool:
+        return isinstance(node, _SCALARS) or (
+            isinstance(node, list) and all(isinstance(item, _SCALARS) for item in node)
+        )
+
+    def check(node: Any, depth: int) -> None:
+        if depth > 4:
+            raise refuse("nests deeper than a configuration does")
+        if isinstance(node, _SCALARS):
+            return
+        if isinstance(node, list):
+            for item in node:
+                check(item, depth + 1)
+            return
+        if not isinstance(node, dict):  # pragma: no cover - json.loads makes nothing else
+            raise refuse(f"holds a {type(node).__name__}")
+        tags = sorted(key for key in node if key.startswith("py/"))
+        if not tags:
+            for value in node.values():
+                check(value, depth + 1)
+        elif tags == ["py/reduce"] and len(node) == 1:
+            call = node["py/reduce"]
+            if not (
+                isinstance(call, list) and len(call) == 2
+                and isinstance(call[0], dict) and list(call[0]) == ["py/type"]
+                and isinstance(call[1], dict) and list(call[1]) == ["py/tuple"]
+                and isinstance(call[1]["py/tuple"], list) and len(call[1]["py/tuple"]) == 1
+                and isinstance(call[1]["py/tuple"][0], _SCALARS)
+            ):
+                raise refuse("has a py/reduce other than an enum built from one value")
+            if call[0]["py/type"] not in CONFIGURATION_ENUMS:
+                raise refuse(f"names {call[0]['py/type']!r}, not one of Concrete's configuration enums")
+        elif tags == ["py/object"]:
+            if node["py/object"] not in CONFIGURATION_OBJECTS:
+                raise refuse(f"names {node['py/object']!r}, not one of Concrete's configuration types")
+            if not all(plain(value) for key, value in node.items() if key != "py/object"):
+                raise refuse(f"gives {node['py/object']} fields that are not plain values")
+        elif tags == ["py/tuple"] and len(node) == 1:
+            if not plain(node["py/tuple"]):
+                raise refuse("has a py/tuple of something other than plain values")
+        else:
+            raise refuse(f"uses the jsonpickle tags {tags}")
+
     try:
         tree = json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise DeploymentFormatError(f"server.zip: configuration.json is not JSON ({exc}).") from exc
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                if key.startswith("py/"):
-                    if key not in _JSONPICKLE_TAGS:
-                        raise DeploymentFormatError(
-                            f"server.zip: configuration.json uses the jsonpickle tag {key!r}, "
-                            "which a Concrete configuration never contains."
-                        )
-                    if key in {"py/type", "py/object"} and not (
-                        isinstance(value, str) and value.startswith(_JSONPICKLE_TYPE_PREFIX)
-                    ):
-                        raise DeploymentFormatError(
-                            f"server.zip: configuration.json references {value!r}; only "
-                            f"{_JSONPICKLE_TYPE_PREFIX}* types are accepted."
-                        )
-                walk(value)
-        elif isinstance(node, list):
-            for item in node:
-                walk(item)
-
-    walk(tree)
+    if not isinstance(tree, dict):
+        raise refuse("is not a JSON object")
+    check(tree, 0)
+    for key, safe in _CONFIGURATION_PINNED.items():
+        if tree.get(key, safe) != safe:
+            raise DeploymentFormatError(
+                f"server.zip: configuration.json sets {key} to {tree[key]!r}; uploads must leave it "
+                f"at {json.dumps(safe)} (no unsafe features, debug dumps or key caches on the server)."
+            )
 
 
 def check_server_zip(

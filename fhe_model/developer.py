@@ -289,6 +289,38 @@ def _extreme_inputs(model: LogisticRegression, low: float, high: float) -> np.nd
     return np.asarray(rows, dtype=np.float64)
 
 
+#: Free space compiling needs in the temp directory. LLVM writes each circuit's
+#: library there (~100 kB) and, when a write fails, aborts the whole process
+#: ("LLVM ERROR: IO failure on output stream"): a full disk must be caught before.
+MIN_FREE_COMPILE_BYTES = 64 * 1024 * 1024
+
+
+def check_free_space(directory: str | os.PathLike | None = None) -> None:
+    """Refuse to compile when the temp directory is (nearly) full.
+
+    Parameters
+    ----------
+    directory : path-like, optional
+        Where Concrete writes (default: the system temp directory).
+
+    Raises
+    ------
+    OSError
+        ``ENOSPC``, saying how much is free and how much is needed.
+    """
+    import errno
+
+    directory = Path(directory or tempfile.gettempdir())
+    free = shutil.disk_usage(directory).free
+    if free < MIN_FREE_COMPILE_BYTES:
+        raise OSError(
+            errno.ENOSPC,
+            f"Only {free / 2**20:.1f} MB free in {directory}; compiling needs "
+            f"{MIN_FREE_COMPILE_BYTES / 2**20:.0f} MB there. Nothing was compiled; free some space "
+            "and retry.",
+        )
+
+
 def compile_model(
     model: LogisticRegression,
     dataset: Dataset,
@@ -334,6 +366,8 @@ def compile_model(
     ValueError
         On an invalid ``n_bits`` / calibration, a model that does not fit the
         dataset (``ModelFileError``), or a circuit Concrete cannot compile.
+    OSError
+        If the temp directory is nearly full (:func:`check_free_space`).
     """
     n_bits = validate_n_bits(n_bits)
     calibration = validate_calibration(calibration)
@@ -345,6 +379,7 @@ def compile_model(
     ):
         raise ValueError(f"evaluation_samples must be a positive integer, got {evaluation_samples!r}.")
 
+    check_free_space()
     # Imported here: concrete-ml takes seconds to import, and modules that only
     # describe results (reports, CLI --help) should not pay for it.
     from concrete import fhe

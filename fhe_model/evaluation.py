@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -24,6 +24,14 @@ from fhe_model.client import FHEClient
 
 #: Runs the circuit on one serialized encrypted input, returns the encrypted output.
 ServerCall = Callable[[bytes], bytes]
+
+
+#: How often a running batch checks ``should_stop`` while no sample finishes.
+STOP_CHECK_SECONDS = 0.5
+
+
+class EvaluationStopped(RuntimeError):
+    """The caller asked a batch to stop (``should_stop`` returned True); no sample was started after."""
 
 
 @dataclass(frozen=True)
@@ -154,6 +162,7 @@ def evaluate_encrypted(
     workers: int | None = None,
     progress: Callable[[int, int, SampleResult], None] | None = None,
     mode: str = "custom",
+    should_stop: Callable[[], bool] | None = None,
 ) -> EvaluationReport:
     """Encrypt each sample, run it on the server, decrypt, and score.
 
@@ -174,9 +183,15 @@ def evaluate_encrypted(
         if it has one (see :class:`HTTPServerCall`), else the usable CPUs.
     progress : callable, optional
         ``progress(done, total, sample_result)``, called in the calling thread
-        after each finished sample (in completion order).
+        after each finished sample (in completion order). If it raises, the
+        batch stops as for ``should_stop``, and the error propagates.
     mode : str
         Label stored in the report.
+    should_stop : callable, optional
+        Checked before each sample starts (and at least every
+        :data:`STOP_CHECK_SECONDS`): once it returns True, no further sample
+        starts, the ones in flight (at most ``workers``) finish, and
+        :class:`EvaluationStopped` is raised. For a caller that has gone.
 
     Returns
     -------
@@ -187,6 +202,8 @@ def evaluate_encrypted(
     ------
     ValueError
         On empty or mismatched inputs.
+    EvaluationStopped
+        When ``should_stop`` returned True.
     Exception
         The first error of any sample (remaining samples are cancelled).
     """
@@ -209,25 +226,29 @@ def evaluate_encrypted(
 
     total = len(X)
     results: list[SampleResult | None] = [None] * total
+    stop = should_stop or (lambda: False)
+
+    def sample(i: int) -> SampleResult:
+        if stop():  # queued before the stop: never started
+            raise EvaluationStopped("Stopped before this sample started.")
+        clear = None if clear_predictions is None else int(clear_predictions[i])
+        return _one_sample(client, run_on_server, i, X[i], y[i], clear)
+
     start = time.perf_counter()
     with ThreadPoolExecutor(workers, thread_name_prefix="fhe-eval") as pool:
-        pending = {
-            pool.submit(
-                _one_sample, client, run_on_server, i, X[i], y[i],
-                None if clear_predictions is None else int(clear_predictions[i]),
-            )
-            for i in range(total)
-        }
+        pending = {pool.submit(sample, i) for i in range(total)}
         done_count = 0
         try:
             while pending:
-                finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                finished, pending = wait(pending, timeout=STOP_CHECK_SECONDS, return_when=FIRST_COMPLETED)
                 for future in finished:
                     result = future.result()  # re-raises a sample's error
                     results[result.index] = result
                     done_count += 1
                     if progress is not None:
                         progress(done_count, total, result)
+                if pending and stop():
+                    raise EvaluationStopped(f"Stopped after {done_count} of {total} samples.")
         except BaseException:
             for future in pending:
                 future.cancel()

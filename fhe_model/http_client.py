@@ -187,7 +187,9 @@ class FHEServerClient:
             headers={"Authorization": f"Bearer {admin_token}"},
         )
 
-    def upload_keys(self, evaluation_keys: bytes, deployment_id: str | None = None) -> str:
+    def upload_keys(
+        self, evaluation_keys: bytes, deployment_id: str | None = None, admin_token: str | None = None
+    ) -> str:
         """Upload serialized evaluation keys.
 
         Parameters
@@ -196,6 +198,10 @@ class FHEServerClient:
             ``FHEClient.evaluation_keys``.
         deployment_id : str, optional
             Defaults to the server's default deployment.
+        admin_token : str, optional
+            The server's admin token: the keys then go to the pool where new
+            uploads evict the least recently used instead of being refused
+            when it is full (for a host uploading keys on behalf of its sessions).
 
         Returns
         -------
@@ -203,10 +209,10 @@ class FHEServerClient:
             The key id to pass to :meth:`predict`.
         """
         params = {"deployment_id": deployment_id} if deployment_id else None
-        response = self._request(
-            "POST", "/keys", content=evaluation_keys, params=params,
-            headers={"Content-Type": "application/octet-stream"},
-        )
+        headers = {"Content-Type": "application/octet-stream"}
+        if admin_token:
+            headers["Authorization"] = f"Bearer {admin_token}"
+        response = self._request("POST", "/keys", content=evaluation_keys, params=params, headers=headers)
         return response.json()["key_id"]
 
     def delete_keys(self, key_id: str) -> None:

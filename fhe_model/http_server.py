@@ -9,15 +9,23 @@ Endpoints (all errors are JSON ``{"detail": "..."}``):
   is uploading code, hence the token; with no token configured it is disabled.
 * ``DELETE /deployments?deployment_id=ID`` - drops an uploaded deployment and
   its keys now (admin token).
-* ``POST /keys[?deployment_id=ID]`` - body: serialized evaluation keys.
+* ``POST /keys[?deployment_id=ID]`` - body: serialized evaluation keys, at
+  most what the deployment's circuit needs. With the admin token they go to
+  the pool that evicts its least recently used keys; without it, to the
+  anonymous pool, which refuses uploads when full (503) and never evicts.
 * ``DELETE /keys?key_id=ID`` - forgets those keys now (the key id, a random
   128-bit token, is the only credential: whoever holds it may already use them).
-* ``POST /predict?key_id=ID`` - body: one serialized encrypted input; returns
-  the serialized encrypted output.
+* ``POST /predict?key_id=ID`` - body: one serialized encrypted input (at most
+  what the circuit takes); returns the serialized encrypted output.
 
-POST requests take a slot before reading their body; when every slot is taken
-the server answers 503 at once instead of queueing without bound. Circuits run
-on a fixed thread pool (Concrete releases the GIL while computing).
+Bodies are received before a request takes a compute slot, each within
+``body_timeout_seconds``, at most ``max_pending_bodies`` at once and
+``max_pending_bodies_per_client`` per client address: a client sending slow
+bodies holds nothing but its own requests, for one request's time. When every
+compute slot is taken the server answers 503 at once instead of queueing
+without bound. Circuits run on a fixed thread pool (Concrete releases the GIL
+while computing). Query strings (``key_id`` is a credential) are redacted
+from the access log.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import logging
 import os
 import secrets
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -40,103 +49,30 @@ from typing import Any
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response
 
-from fhe_model.server import FHEServer, ServerError, StoreLimits, retain_freed_memory
+from fhe_model.deployment import ADMIN_TOKEN_ENV
+from fhe_model.http_limits import HTTPSettings, Receivers, Slots, read_body, redact_access_log
+from fhe_model.server import FHEServer, KeyStoreFullError, ServerError, StoreLimits, retain_freed_memory
 
 logger = logging.getLogger(__name__)
 
-ADMIN_TOKEN_ENV = "FHE_ADMIN_TOKEN"
-_MiB = 1024 * 1024
 #: Ids are server-generated ``token_urlsafe`` strings; anything else is refused
 #: before it reaches a lookup.
 _ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 
 
-def _usable_cpus() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+def _bearer_token(request: Request) -> str | None:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
-@dataclass(frozen=True)
-class HTTPSettings:
-    """Request limits of the HTTP front end.
-
-    Attributes
-    ----------
-    max_ciphertext_bytes : int
-        Body limit of ``POST /predict`` (an MNIST input is ~19 kB).
-    max_key_bytes : int
-        Body limit of ``POST /keys`` (circuits with bootstrapping have keys of
-        tens of MB; this linear model's are 64 bytes).
-    max_deployment_bytes : int
-        Body limit of ``POST /deployments``.
-    workers : int
-        Threads running circuits; default: usable CPUs.
-    max_concurrent_requests : int
-        POST requests in progress (reading, queued or running) before new ones
-        get 503; default: twice ``workers``, so a core never idles between requests.
-    body_timeout_seconds : float
-        A body that has not fully arrived by then gets 408 and frees its slot.
-    """
-
-    max_ciphertext_bytes: int = 16 * _MiB
-    max_key_bytes: int = 256 * _MiB
-    max_deployment_bytes: int = 64 * _MiB
-    workers: int = field(default_factory=_usable_cpus)
-    max_concurrent_requests: int | None = None
-    body_timeout_seconds: float = 30.0
-
-    @property
-    def concurrency(self) -> int:
-        return self.max_concurrent_requests or 2 * self.workers
-
-
-class _Slots:
-    """A non-blocking counter; used only from the event loop thread, so no lock."""
-
-    def __init__(self, limit: int):
-        self.limit = limit
-        self.in_use = 0
-
-    def try_acquire(self) -> bool:
-        if self.in_use >= self.limit:
-            return False
-        self.in_use += 1
-        return True
-
-    def release(self) -> None:
-        self.in_use -= 1
-
-
-async def _read_body(request: Request, limit: int, timeout: float) -> bytes:
-    """Read the body, refusing more than ``limit`` bytes whatever Content-Length says."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise HTTPException(400, "Invalid Content-Length header.")
-        if int(declared) > limit:
-            raise HTTPException(
-                413, f"The body ({declared} bytes) exceeds this endpoint's limit of {limit} bytes."
-            )
-    chunks: list[bytes] = []
-    size = 0
-
-    async def consume() -> None:
-        nonlocal size
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:  # chunked uploads declare no length
-                raise HTTPException(
-                    413, f"The body exceeds this endpoint's limit of {limit} bytes."
-                )
-            chunks.append(chunk)
-
-    try:
-        await asyncio.wait_for(consume(), timeout)
-    except TimeoutError:
-        raise HTTPException(408, f"The body did not arrive within {timeout:g} s.") from None
-    return b"".join(chunks)
+def _is_admin(request: Request, admin_token: str | None) -> bool:
+    """Whether an optional token was sent and is right (a wrong one is refused, not ignored)."""
+    token = _bearer_token(request)
+    if token is None:
+        return False
+    if not admin_token or not hmac.compare_digest(token.encode(), admin_token.encode()):
+        raise HTTPException(403, "Wrong admin token.")
+    return True
 
 
 def _check_admin(request: Request, admin_token: str | None) -> None:
@@ -144,7 +80,7 @@ def _check_admin(request: Request, admin_token: str | None) -> None:
         raise HTTPException(
             403,
             "Deployment uploads are disabled on this server: start it with "
-            f"{ADMIN_TOKEN_ENV}=<token> (or --admin-token) to enable them.",
+            f"{ADMIN_TOKEN_ENV}=<token> (or --admin-token-file) to enable them.",
         )
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token:
@@ -179,7 +115,8 @@ def create_app(
         The ASGI app.
     """
     settings = settings or HTTPSettings()
-    slots = _Slots(settings.concurrency)
+    slots = Slots(settings.concurrency)
+    receivers = Receivers(settings.max_pending_bodies, settings.max_pending_bodies_per_client)
     state: dict[str, Any] = {}
 
     @asynccontextmanager
@@ -196,23 +133,33 @@ def create_app(
 
     @app.exception_handler(ServerError)
     async def _server_error(_request: Request, exc: ServerError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=exc.status)
+        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, KeyStoreFullError) else None
+        return JSONResponse({"detail": str(exc)}, status_code=exc.status, headers=headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unexpected error", exc_info=exc)
         return JSONResponse({"detail": "Internal server error."}, status_code=500)
 
-    async def heavy(request: Request, limit: int, job: Callable[[bytes], Any]) -> Any:
-        """Run ``job(body)`` on the pool, holding a slot from before the body is read."""
-        if not slots.try_acquire():
-            raise HTTPException(
-                503,
-                f"Server busy ({slots.limit} requests in progress); retry shortly.",
-                headers={"Retry-After": "1"},
-            )
+    def busy(what: str) -> HTTPException:
+        return HTTPException(503, f"Server busy ({what}); retry shortly.", headers={"Retry-After": "1"})
+
+    async def receive(request: Request, limit: int) -> bytes:
+        """Receive a body without holding a compute slot: a slow sender holds only its own request."""
+        client = request.client.host if request.client else "?"
+        if not receivers.try_acquire(client):
+            raise busy(f"{receivers.in_use} request bodies being received")
         try:
-            body = await _read_body(request, limit, settings.body_timeout_seconds)
+            return await read_body(request, limit, settings.body_timeout_seconds)
+        finally:
+            receivers.release(client)
+
+    async def heavy(request: Request, limit: int, job: Callable[[bytes], Any]) -> Any:
+        """Receive the body, then run ``job(body)`` on the pool if a compute slot is free."""
+        body = await receive(request, limit)
+        if not slots.try_acquire():
+            raise busy(f"{slots.limit} requests in progress")
+        try:
             future = state["executor"].submit(job, body)
         except BaseException:
             slots.release()
@@ -238,6 +185,7 @@ def create_app(
             "workers": settings.workers,
             "max_concurrent_requests": slots.limit,
             "requests_in_progress": slots.in_use,
+            "bodies_being_received": receivers.in_use,
         }
 
     @app.get("/client.zip")
@@ -271,9 +219,12 @@ def create_app(
     async def upload_keys(
         request: Request, deployment_id: str | None = Query(None, pattern=_ID_PATTERN)
     ) -> dict[str, str]:
+        trusted = _is_admin(request, admin_token)
         resolved = fhe_server.resolve_deployment(deployment_id)
+        limit = min(settings.max_key_bytes, fhe_server.payload_limits(resolved).max_key_bytes)
+        fhe_server.check_key_room(trusted)  # a full pool answers before any body is read
         key_id = await heavy(
-            request, settings.max_key_bytes, lambda body: fhe_server.register_keys(body, resolved)
+            request, limit, lambda body: fhe_server.register_keys(body, resolved, trusted=trusted)
         )
         return {"key_id": key_id, "deployment_id": resolved}
 
@@ -291,7 +242,8 @@ def create_app(
             output = fhe_server.run(key_id, body)
             return output, start, time.perf_counter()
 
-        output, started, finished = await heavy(request, settings.max_ciphertext_bytes, job)
+        limit = min(settings.max_ciphertext_bytes, fhe_server.ciphertext_limit(key_id))
+        output, started, finished = await heavy(request, limit, job)
         # Server-Timing lets a client tell FHE compute time from transport and queueing.
         timing = (
             f"queue;dur={1000 * (started - received):.2f}, fhe;dur={1000 * (finished - started):.2f}, "
@@ -329,6 +281,7 @@ def _is_loopback(host: str) -> bool:
 def build_server(
     deployment_dirs: list[str | os.PathLike] | tuple[str | os.PathLike, ...] = (),
     limits: StoreLimits | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> FHEServer:
     """Create an :class:`FHEServer` with deployment directories loaded; the first is the default.
 
@@ -341,6 +294,8 @@ def build_server(
         Deployment directories to serve (they never expire).
     limits : StoreLimits, optional
         TTLs and caps.
+    clock : callable, optional
+        Monotonic time source of the TTLs (tests pass a fake one).
 
     Returns
     -------
@@ -348,7 +303,7 @@ def build_server(
         Ready to wrap with :func:`create_app`.
     """
     retain_freed_memory()
-    fhe_server = FHEServer(limits)
+    fhe_server = FHEServer(limits, clock=clock)
     for index, directory in enumerate(deployment_dirs):
         deployment_id = fhe_server.add_deployment_dir(directory, default=index == 0)
         logger.info("deployment %s: %s%s", deployment_id, directory, " (default)" if index == 0 else "")
@@ -357,21 +312,24 @@ def build_server(
 
 @dataclass
 class LocalServer:
-    """A server running in a background thread of this process.
+    """A server running in a background thread of this process (tests, benchmarks).
+
+    The app runs its server in a process of its own instead
+    (:class:`fhe_model.connection.FHEServerHandle`).
 
     Attributes
     ----------
     url : str
         e.g. ``"http://127.0.0.1:43117"``.
     admin_token : str or None
-        Token for ``POST /deployments``.
+        Token for ``POST /deployments`` (never shown in the repr).
     fhe_server : FHEServer
         The server-role object (public material only).
     """
 
     url: str
-    admin_token: str | None
-    fhe_server: FHEServer
+    admin_token: str | None = field(repr=False)
+    fhe_server: FHEServer = field(repr=False)
     _uvicorn: Any = field(repr=False)
     _thread: threading.Thread = field(repr=False)
 
@@ -406,6 +364,8 @@ def start_local_server(
     enable_uploads: bool = True,
     settings: HTTPSettings | None = None,
     limits: StoreLimits | None = None,
+    fhe_server: FHEServer | None = None,
+    clock: Callable[[], float] = time.monotonic,
     startup_timeout: float = 60.0,
 ) -> LocalServer:
     """Start the HTTP server in a background thread (nothing starts at import).
@@ -427,6 +387,11 @@ def start_local_server(
         Request limits.
     limits : StoreLimits, optional
         Key/deployment TTLs and caps.
+    fhe_server : FHEServer, optional
+        Serve this one instead of building one (``deployment_dir``, ``limits``
+        and ``clock`` are then ignored).
+    clock : callable, optional
+        Monotonic time source of the TTLs (tests pass a fake one).
     startup_timeout : float
         Seconds to wait for the server to accept connections.
 
@@ -446,7 +411,8 @@ def start_local_server(
         admin_token = secrets.token_urlsafe(24)
     if not enable_uploads:
         admin_token = None
-    fhe_server = build_server([deployment_dir] if deployment_dir is not None else [], limits)
+    if fhe_server is None:
+        fhe_server = build_server([deployment_dir] if deployment_dir is not None else [], limits, clock)
     app = create_app(fhe_server, admin_token=admin_token, settings=settings)
     sock = _bind(host, port)
     config = uvicorn.Config(
@@ -468,6 +434,20 @@ def start_local_server(
                        _uvicorn=server, _thread=thread)
 
 
+def _stop_on_stdin_eof(server: Any) -> None:
+    """Stop ``server`` once standard input closes: its owner ended, however it ended."""
+
+    def watch() -> None:
+        try:
+            while sys.stdin.buffer.read(4096):
+                pass
+        except (OSError, ValueError):
+            pass
+        server.should_exit = True
+
+    threading.Thread(target=watch, name="fhe-owner-watch", daemon=True).start()
+
+
 def serve(
     deployment_dirs: list[str | os.PathLike] | tuple[str | os.PathLike, ...] = (),
     *,
@@ -477,15 +457,19 @@ def serve(
     settings: HTTPSettings | None = None,
     limits: StoreLimits | None = None,
     log_level: str = "info",
+    announce_url: bool = False,
+    stop_on_stdin_eof: bool = False,
 ) -> None:
     """Serve in the foreground until interrupted (``python -m fhe_model serve``).
+
+    uvicorn's access log has its query strings redacted (``key_id`` is a credential).
 
     Parameters
     ----------
     deployment_dirs : sequence of path-like
         Deployments to serve; the first is the default.
     host, port : str, int
-        Where to listen.
+        Where to listen (port 0: any free port; see ``announce_url``).
     admin_token : str, optional
         Enables ``POST /deployments``; defaults to ``$FHE_ADMIN_TOKEN``.
     settings : HTTPSettings, optional
@@ -494,6 +478,12 @@ def serve(
         TTLs and caps.
     log_level : str
         uvicorn log level.
+    announce_url : bool, default=False
+        Print ``{"url": ...}`` as one line on stdout once the address is bound
+        (for a parent process that started this one).
+    stop_on_stdin_eof : bool, default=False
+        Exit when standard input closes (a parent holding the other end of a
+        pipe: the server ends with it, even if it is killed).
 
     Raises
     ------
@@ -502,6 +492,8 @@ def serve(
     OSError
         If the address cannot be bound.
     """
+    import json
+
     import uvicorn
 
     admin_token = admin_token or os.environ.get(ADMIN_TOKEN_ENV) or None
@@ -526,4 +518,10 @@ def serve(
         _url(sock), fhe_server.default_deployment_id, "enabled" if admin_token else "disabled",
     )
     config = uvicorn.Config(app, log_level=log_level, timeout_keep_alive=30, lifespan="on", ws="none")
-    uvicorn.Server(config).run(sockets=[sock])
+    redact_access_log()  # after uvicorn configured its loggers
+    server = uvicorn.Server(config)
+    if stop_on_stdin_eof:
+        _stop_on_stdin_eof(server)
+    if announce_url:
+        print(json.dumps({"url": _url(sock)}), flush=True)
+    server.run(sockets=[sock])

@@ -5,9 +5,12 @@ It only ever handles public material: server.zip/client.zip, serialized
 evaluation keys and ciphertexts. It imports nothing that can hold a private
 key (``fhe_model.client`` must never be imported from here).
 
-Everything a client uploads is bounded: keys and uploaded deployments expire
-after a TTL of inactivity and their number (and the keys' total size) is
-capped, evicting the least recently used.
+Everything a client uploads is bounded: payloads by what the deployment's
+circuit needs, keys and uploaded deployments by a TTL of inactivity and by
+caps on their number and size. Keys come in two pools: those uploaded with
+the admin token (the app's own sessions), where a new upload evicts the least
+recently used, and anonymous ones, where a full pool refuses new uploads:
+no client without the token can make the server drop another client's keys.
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 from fhe_model.deployment import (
-    DEFAULT_MAX_UNCOMPRESSED_BYTES,
     SERVER_ZIP,
     DeploymentFormatError,
     check_client_zip,
@@ -36,90 +38,21 @@ from fhe_model.deployment import (
     remove_circuit_files,
     split_upload,
 )
+from fhe_model.key_store import KeyEntry, KeyStore
+from fhe_model.server_limits import (  # noqa: F401 - the server role's errors, importable from here
+    IncompatiblePayloadError,
+    KeyStoreFullError,
+    MalformedPayloadError,
+    PayloadLimits,
+    PayloadTooLargeError,
+    PinnedDeploymentError,
+    ServerError,
+    StoreLimits,
+    UnknownDeploymentError,
+    UnknownKeyError,
+)
 
 logger = logging.getLogger(__name__)
-
-
-class ServerError(Exception):
-    """Base of the errors a request can cause; ``status`` is the HTTP status to answer."""
-
-    status = 500
-
-
-class UnknownDeploymentError(ServerError, LookupError):
-    """No deployment has this id (never existed, expired or evicted)."""
-
-    status = 404
-
-
-class UnknownKeyError(ServerError, LookupError):
-    """No evaluation keys have this id (never uploaded, expired or evicted)."""
-
-    status = 404
-
-
-class MalformedPayloadError(ServerError, ValueError):
-    """Bytes that cannot be deserialized as what the endpoint expects."""
-
-    status = 400
-
-
-class IncompatiblePayloadError(ServerError, ValueError):
-    """Well-formed bytes that do not fit the deployment's circuit."""
-
-    status = 422
-
-
-class PinnedDeploymentError(ServerError, PermissionError):
-    """A deployment loaded from a directory at start cannot be removed over the API."""
-
-    status = 403
-
-
-@dataclass(frozen=True)
-class StoreLimits:
-    """Bounds on what clients can make the server keep.
-
-    Attributes
-    ----------
-    key_ttl_seconds : float
-        Evaluation keys unused for this long are dropped.
-    max_keys : int
-        Most evaluation-key sets kept; the least recently used go first.
-    max_key_store_bytes : int
-        Cap on the summed size of stored evaluation keys.
-    deployment_ttl_seconds : float
-        Uploaded deployments unused for this long are dropped (deployments
-        loaded from a directory at start are kept).
-    max_uploaded_deployments : int
-        Most uploaded deployments kept.
-    max_uncompressed_zip_bytes : int
-        Zip-bomb guard for uploaded deployments.
-    """
-
-    key_ttl_seconds: float = 3600.0
-    max_keys: int = 256
-    max_key_store_bytes: int = 1024 * 1024 * 1024
-    deployment_ttl_seconds: float = 24 * 3600.0
-    max_uploaded_deployments: int = 16
-    max_uncompressed_zip_bytes: int = DEFAULT_MAX_UNCOMPRESSED_BYTES
-
-
-@dataclass
-class _Deployment:
-    deployment_id: str
-    fhe_server: Any  # concrete.ml.deployment.FHEModelServer
-    client_zip: bytes | None
-    pinned: bool
-    last_used: float
-
-
-@dataclass
-class _KeyEntry:
-    deployment_id: str
-    evaluation_keys: Any  # concrete.fhe.EvaluationKeys, deserialized once at upload
-    size: int
-    last_used: float
 
 
 def retain_freed_memory(max_mmap_chunk: int = 32 * 1024 * 1024, keep_free: int = 256 * 1024 * 1024) -> bool:
@@ -215,6 +148,16 @@ def _remove_unpacked_copies(server_zip: bytes, candidates: set[Path]) -> None:
             continue
 
 
+@dataclass
+class _Deployment:
+    deployment_id: str
+    fhe_server: Any  # concrete.ml.deployment.FHEModelServer
+    client_zip: bytes | None
+    pinned: bool
+    last_used: float
+    limits: PayloadLimits
+
+
 class FHEServer:
     """Deployments and evaluation keys of many clients, and circuit execution.
 
@@ -234,8 +177,7 @@ class FHEServer:
         self._clock = clock
         self._lock = threading.Lock()
         self._deployments: OrderedDict[str, _Deployment] = OrderedDict()
-        self._keys: OrderedDict[str, _KeyEntry] = OrderedDict()
-        self._key_bytes = 0
+        self._keys = KeyStore(self.limits)
         self.default_deployment_id: str | None = None
 
     # -- deployments -------------------------------------------------------
@@ -299,9 +241,11 @@ class FHEServer:
 
     def _insert(self, fhe_server: Any, client_zip: bytes | None, *, pinned: bool, default: bool) -> str:
         deployment_id = new_id()
+        fallback = PayloadLimits(self.limits.max_key_store_bytes, self.limits.max_key_store_bytes)
+        limits = PayloadLimits.of(fhe_server.server, fallback)
         with self._lock:
             self._deployments[deployment_id] = _Deployment(
-                deployment_id, fhe_server, client_zip, pinned, self._clock()
+                deployment_id, fhe_server, client_zip, pinned, self._clock(), limits
             )
             if default or self.default_deployment_id is None:
                 self.default_deployment_id = deployment_id
@@ -314,8 +258,7 @@ class FHEServer:
 
     def _drop_deployment_locked(self, deployment_id: str) -> None:
         entry = self._deployments.pop(deployment_id, None)
-        for key_id in [k for k, e in self._keys.items() if e.deployment_id == deployment_id]:
-            self._drop_key_locked(key_id)
+        self._keys.drop_deployment(deployment_id)
         if entry is not None:
             remove_circuit_files(entry.fhe_server.server)
         logger.info("deployment %s dropped", deployment_id)
@@ -416,9 +359,73 @@ class FHEServer:
                 )
             return entry.client_zip
 
+    def payload_limits(self, deployment_id: str | None = None) -> PayloadLimits:
+        """What a deployment's circuit can need: read before a request's body is.
+
+        Parameters
+        ----------
+        deployment_id : str, optional
+            Defaults to the default deployment.
+
+        Returns
+        -------
+        PayloadLimits
+            Its bounds on evaluation keys and ciphertexts.
+
+        Raises
+        ------
+        UnknownDeploymentError
+            If there is no such deployment.
+        """
+        with self._lock:
+            self._expire_locked()
+            return self._deployment_locked(deployment_id).limits
+
     # -- evaluation keys ---------------------------------------------------
 
-    def register_keys(self, evaluation_keys: bytes, deployment_id: str | None = None) -> str:
+    def ciphertext_limit(self, key_id: str) -> int:
+        """The largest input the circuit of ``key_id``'s deployment takes, in bytes.
+
+        Parameters
+        ----------
+        key_id : str
+            From :meth:`register_keys`.
+
+        Returns
+        -------
+        int
+            Bytes.
+
+        Raises
+        ------
+        UnknownKeyError
+            For an unknown key id (answered before any body is read).
+        """
+        with self._lock:
+            self._expire_locked()
+            entry = self._keys.get(key_id)
+            return self._deployments[entry.deployment_id].limits.max_ciphertext_bytes
+
+    def check_key_room(self, trusted: bool) -> None:
+        """Refuse an anonymous upload at once when its pool is full (before its body is read).
+
+        Parameters
+        ----------
+        trusted : bool
+            Whether the upload carries the admin token (that pool evicts instead).
+
+        Raises
+        ------
+        KeyStoreFullError
+            If the anonymous pool has no room.
+        """
+        with self._lock:
+            self._expire_locked()
+            self._keys.check_room(trusted, 0, self._clock())
+
+    def register_keys(
+        self, evaluation_keys: bytes, deployment_id: str | None = None, *, trusted: bool = False
+    ) -> str:
         """Store a client's serialized evaluation keys for one deployment.
 
         Parameters
@@ -427,6 +434,10 @@ class FHEServer:
             From ``FHEModelClient.get_serialized_evaluation_keys()``.
         deployment_id : str, optional
             Defaults to the default deployment.
+        trusted : bool, default=False
+            Uploaded with the admin token (see :mod:`fhe_model.key_store`: that
+            pool evicts its least recently used keys; the anonymous pool
+            refuses uploads when full and never evicts).
 
         Returns
         -------
@@ -435,16 +446,23 @@ class FHEServer:
 
         Raises
         ------
-        UnknownDeploymentError, MalformedPayloadError
-            For an unknown deployment or bytes that are not evaluation keys.
+        UnknownDeploymentError, MalformedPayloadError, PayloadTooLargeError, KeyStoreFullError
+            For an unknown deployment, bytes that are not evaluation keys, more
+            bytes than the deployment's circuit needs, or a full anonymous pool.
         """
         from concrete import fhe
 
-        resolved = self.resolve_deployment(deployment_id)
+        with self._lock:
+            self._expire_locked()
+            deployment = self._deployment_locked(deployment_id)
         if not evaluation_keys:
             raise MalformedPayloadError("Empty body: send the serialized evaluation keys.")
-        if len(evaluation_keys) > self.limits.max_key_store_bytes:
-            raise MalformedPayloadError("These evaluation keys are larger than the key store.")
+        if len(evaluation_keys) > deployment.limits.max_key_bytes:
+            raise PayloadTooLargeError(
+                f"These evaluation keys are {len(evaluation_keys)} bytes; this deployment's circuit "
+                f"needs at most {deployment.limits.max_key_bytes}. Were they generated from its client.zip?"
+            )
+        self.check_key_room(trusted)
         try:
             # Deserialized once here, not per prediction.
             keys = fhe.EvaluationKeys.deserialize(evaluation_keys)
@@ -454,16 +472,11 @@ class FHEServer:
             ) from exc
         key_id = new_id()
         with self._lock:
-            if resolved not in self._deployments:
-                raise UnknownDeploymentError(f"Deployment {resolved!r} expired meanwhile.")
-            self._keys[key_id] = _KeyEntry(resolved, keys, len(evaluation_keys), self._clock())
-            self._key_bytes += len(evaluation_keys)
             self._expire_locked()
-            while self._keys and (
-                len(self._keys) > self.limits.max_keys
-                or self._key_bytes > self.limits.max_key_store_bytes
-            ):
-                self._drop_key_locked(next(iter(self._keys)))
+            if deployment.deployment_id not in self._deployments:
+                raise UnknownDeploymentError(f"Deployment {deployment.deployment_id!r} expired meanwhile.")
+            entry = KeyEntry(deployment.deployment_id, keys, len(evaluation_keys), self._clock(), trusted)
+            self._keys.add(key_id, entry)
         return key_id
 
     def remove_keys(self, key_id: str) -> None:
@@ -480,19 +493,11 @@ class FHEServer:
             If there are no such keys (never uploaded, expired, evicted or removed).
         """
         with self._lock:
-            if key_id not in self._keys:
-                raise UnknownKeyError(f"Unknown key_id {key_id!r} (never uploaded, expired or evicted).")
-            self._drop_key_locked(key_id)
-
-    def _drop_key_locked(self, key_id: str) -> None:
-        entry = self._keys.pop(key_id, None)
-        if entry is not None:
-            self._key_bytes -= entry.size
+            self._keys.remove(key_id)
 
     def _expire_locked(self) -> None:
         now = self._clock()
-        for key_id in [k for k, e in self._keys.items() if now - e.last_used > self.limits.key_ttl_seconds]:
-            self._drop_key_locked(key_id)
+        self._keys.expire(now)
         for dep in list(self._deployments.values()):
             if not dep.pinned and now - dep.last_used > self.limits.deployment_ttl_seconds:
                 self._drop_deployment_locked(dep.deployment_id)
@@ -524,18 +529,16 @@ class FHEServer:
 
         with self._lock:
             self._expire_locked()
-            entry = self._keys.get(key_id)
-            if entry is None:
-                raise UnknownKeyError(
-                    f"Unknown key_id {key_id!r} (never uploaded, expired or evicted); "
-                    "upload the evaluation keys again with POST /keys."
-                )
-            entry.last_used = self._clock()
-            self._keys.move_to_end(key_id)
+            entry = self._keys.use(key_id, self._clock())
             deployment = self._deployment_locked(entry.deployment_id)
             keys = entry.evaluation_keys
         if not ciphertext:
             raise MalformedPayloadError("Empty body: send one serialized encrypted input.")
+        if len(ciphertext) > deployment.limits.max_ciphertext_bytes:
+            raise PayloadTooLargeError(
+                f"This input is {len(ciphertext)} bytes; this deployment's circuit takes at most "
+                f"{deployment.limits.max_ciphertext_bytes}."
+            )
         try:
             value = fhe.Value.deserialize(ciphertext)
         except RuntimeError as exc:
@@ -558,13 +561,15 @@ class FHEServer:
         Returns
         -------
         dict
-            ``deployments``, ``keys``, ``key_store_bytes``, ``default_deployment_id``.
+            ``deployments``, ``keys``, ``anonymous_keys``, ``key_store_bytes``,
+            ``default_deployment_id``.
         """
         with self._lock:
             self._expire_locked()
             return {
                 "deployments": len(self._deployments),
                 "keys": len(self._keys),
-                "key_store_bytes": self._key_bytes,
+                "anonymous_keys": self._keys.count(False),
+                "key_store_bytes": self._keys.total_bytes(),
                 "default_deployment_id": self.default_deployment_id,
             }

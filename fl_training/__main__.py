@@ -34,6 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dp", action="store_true", help="differentially private training (FedAvg)")
     p.add_argument("--noise-multiplier", type=float, default=defaults.noise_multiplier)
     p.add_argument("--clipping-norm", type=float, default=defaults.clipping_norm)
+    p.add_argument(
+        "--secure-aggregation", action="store_true",
+        help="SecAgg+: the server only sees the sum of the clients' updates (with --dp, clients clip)",
+    )
     p.add_argument("--output", default="model.skops", help="where to write the model ('' to skip)")
     p.add_argument(
         "--format", choices=MODEL_FORMATS, default=None,
@@ -46,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    engine = None
     try:
         config = TrainingConfig(
             dataset=args.dataset,
@@ -61,18 +66,24 @@ def main(argv: list[str] | None = None) -> int:
             differential_privacy=args.dp,
             noise_multiplier=args.noise_multiplier,
             clipping_norm=args.clipping_norm,
+            secure_aggregation=args.secure_aggregation,
         )
+        from fl_training.runtime import TrainingRuntime
         from fl_training.simulation import TrainingResult, stream_training
 
         result = None
-        for item in stream_training(config, flower_logs=args.verbose):
+        # One run: no warm-up (it would only add a run), and the engine goes with the process.
+        engine = TrainingRuntime(warm_up=False, flower_logs=args.verbose)
+        engine.start()
+        for item in stream_training(config, runtime_=engine):
             if isinstance(item, TrainingResult):
                 result = item
                 continue
             eps = f"  epsilon {item.epsilon:.2f}" if item.epsilon is not None else ""
+            dropped = f"  {item.dropped_clients} client(s) dropped out" if item.dropped_clients else ""
             print(
                 f"round {item.round}/{config.num_rounds}  accuracy {item.accuracy:.4f}  "
-                f"loss {item.loss:.4f}  {item.seconds:6.1f} s{eps}",
+                f"loss {item.loss:.4f}  {item.seconds:6.1f} s{eps}{dropped}",
                 flush=True,
             )
     except (ValueError, DatasetUnavailableError) as exc:
@@ -81,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as exc:
         print(f"error: training failed: {exc}", file=sys.stderr)
         return 1
+    finally:
+        if engine is not None:
+            engine.close(graceful=False)  # the result is in; nothing of the engine is worth waiting for
 
     summary = result.summary()
     if args.output:

@@ -1,12 +1,33 @@
-"""The ClientApp: one client trains and evaluates on data that never leaves it."""
+"""The ClientApp: one client trains and evaluates on data that never leaves it.
+
+The same ClientApp serves both ServerApp workflows. Flower's Message API
+strategies send ``arrays`` and ``config`` records; the SecAgg+ workflow
+(:mod:`fl_training.secure_aggregation`) speaks Flower's legacy fit/evaluate
+records, and its messages carry SecAgg+'s own records, on which the client
+answers with Flower's ``secaggplus_mod`` (masking its weights before they
+leave) and, under differential privacy, clips its update first with
+``fixedclipping_mod``.
+"""
 
 from __future__ import annotations
 
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
+from flwr.client.mod import fixedclipping_mod, secaggplus_mod
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import ClientAppCallable, Mod
+from flwr.common import Code, EvaluateRes, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+from flwr.compat.common import recorddict_compat as compat
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from fl_training.datasets import load_dataset
 from fl_training.task import (
+    PARTITION_RECORD,
     TrainingConfig,
     client_data,
     evaluate,
@@ -17,17 +38,52 @@ from fl_training.task import (
     set_parameters,
 )
 
-app = ClientApp()
+
+def secure_aggregation_when_asked(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Follow the SecAgg+ protocol for the messages of a secure-aggregation run."""
+    if RECORD_KEY_CONFIGS in msg.content.config_records:
+        return secaggplus_mod(msg, context, call_next)
+    return call_next(msg, context)
 
 
-def _context_of(msg: Message, context: Context) -> tuple[TrainingConfig, int]:
+def client_side_clipping_when_asked(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Clip this client's update when the server asks for it (DP under secure aggregation)."""
+    config = msg.content.config_records.get("fitins.config")
+    if msg.metadata.message_type == MessageType.TRAIN and config is not None and KEY_CLIPPING_NORM in config:
+        return fixedclipping_mod(msg, context, call_next)
+    return call_next(msg, context)
+
+
+#: Around the handlers, outermost first: masking must see the clipped update.
+MODS: tuple[Mod, ...] = (secure_aggregation_when_asked, client_side_clipping_when_asked)
+
+
+@dataclass(frozen=True)
+class _Instruction:
+    """What the server sent, in either format: settings and global weights."""
+
+    settings: Mapping[str, Any]
+    arrays: list[np.ndarray]
+    legacy: bool
+
+
+def _read(msg: Message, kind: str) -> _Instruction:
+    """``kind`` is ``"fitins"`` or ``"evaluateins"`` (the legacy records' prefix)."""
+    if f"{kind}.config" in msg.content.config_records:
+        to_ins = compat.recorddict_to_fitins if kind == "fitins" else compat.recorddict_to_evaluateins
+        ins = to_ins(msg.content, keep_input=True)
+        return _Instruction(ins.config, parameters_to_ndarrays(ins.parameters), legacy=True)
+    return _Instruction(msg.content["config"], msg.content["arrays"].to_numpy_ndarrays(), legacy=False)
+
+
+def _context_of(settings: Mapping[str, Any], context: Context) -> tuple[TrainingConfig, int]:
     """The run's settings and this node's partition id.
 
-    Settings travel in the message's ConfigRecord (the ServerApp puts the run
-    config there, so simulations, where ``context.run_config`` is empty, and
-    deployments behave alike). The partition id comes from the node config.
+    Settings travel in the message (the ServerApp puts the run config there,
+    so simulations, where ``context.run_config`` is empty, and deployments
+    behave alike). The partition id comes from the node config.
     """
-    cfg = TrainingConfig.from_mapping(msg.content["config"])
+    cfg = TrainingConfig.from_mapping(settings)
     partition_id = int(context.node_config.get("partition-id", 0))
     num_partitions = int(context.node_config.get("num-partitions", cfg.num_clients))
     if num_partitions != cfg.num_clients:
@@ -38,24 +94,23 @@ def _context_of(msg: Message, context: Context) -> tuple[TrainingConfig, int]:
     return cfg, partition_id
 
 
-@app.train()
 def train(msg: Message, context: Context) -> Message:
     """Fit the global model on the local partition and send back the new weights."""
-    cfg, partition_id = _context_of(msg, context)
+    instruction = _read(msg, "fitins")
+    cfg, partition_id = _context_of(instruction.settings, context)
     dataset = load_dataset(cfg.dataset)
     scaling = feature_scaling(dataset)
     X_train, y_train, _, _ = client_data(cfg, partition_id)
     X_scaled = scaling.transform(X_train)
 
-    global_params = msg.content["arrays"].to_numpy_ndarrays()
+    global_params = instruction.arrays
     model = set_parameters(new_model(cfg.local_epochs), global_params, dataset.classes)
     fit_local(model, X_scaled, y_train, dataset.classes)
     params = get_parameters(model)
-
-    mu = float(msg.content["config"].get("proximal-mu", 0.0))
-    if mu > 0:
+    if cfg.strategy == "fedprox" and cfg.proximal_mu > 0:
         # FedProx: the proximal step of (mu/2)·||w - w_global||² applied to the
         # local solution keeps the update close to the global model.
+        mu = cfg.proximal_mu
         params = [(p + mu * g) / (1.0 + mu) for p, g in zip(params, global_params, strict=True)]
         set_parameters(model, params, dataset.classes)
 
@@ -63,26 +118,52 @@ def train(msg: Message, context: Context) -> Message:
     # Under differential privacy, Flower's accountant needs equal client
     # weights: every update counts once, whatever the partition's size.
     num_examples = 1 if cfg.differential_privacy else len(y_train)
-    metrics = MetricRecord(
-        {"train_accuracy": accuracy, "train_loss": loss, "num-examples": num_examples}
-    )
-    content = RecordDict({"arrays": ArrayRecord(params), "metrics": metrics})
+    metrics = {"train_accuracy": accuracy, "train_loss": loss}
+    if instruction.legacy:
+        result = FitRes(Status(Code.OK, "ok"), ndarrays_to_parameters(params), num_examples, metrics)
+        content = compat.fitres_to_recorddict(result, keep_input=True)
+    else:
+        content = RecordDict({
+            "arrays": ArrayRecord(params), "metrics": MetricRecord({**metrics, "num-examples": num_examples}),
+        })
     return Message(content=content, reply_to=msg)
 
 
-@app.evaluate()
 def evaluate_local(msg: Message, context: Context) -> Message:
     """Score the global model on this client's held-out local samples."""
-    cfg, partition_id = _context_of(msg, context)
+    instruction = _read(msg, "evaluateins")
+    cfg, partition_id = _context_of(instruction.settings, context)
     dataset = load_dataset(cfg.dataset)
     scaling = feature_scaling(dataset)
     _, _, X_val, y_val = client_data(cfg, partition_id)
 
-    params = msg.content["arrays"].to_numpy_ndarrays()
-    model = set_parameters(new_model(), params, dataset.classes)
+    model = set_parameters(new_model(), instruction.arrays, dataset.classes)
     accuracy, loss = evaluate(model, scaling.transform(X_val), y_val)
-    metrics = MetricRecord({"accuracy": accuracy, "loss": loss, "num-examples": len(y_val)})
-    return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
+    if instruction.legacy:
+        result = EvaluateRes(Status(Code.OK, "ok"), loss, len(y_val), {"accuracy": accuracy, "loss": loss})
+        content = compat.evaluateres_to_recorddict(result)
+    else:
+        metrics = MetricRecord({"accuracy": accuracy, "loss": loss, "num-examples": len(y_val)})
+        content = RecordDict({"metrics": metrics})
+    return Message(content=content, reply_to=msg)
 
 
-__all__ = ["app"]
+def describe_partition(msg: Message, context: Context) -> Message:
+    """Say which partition this SuperNode holds, as its node config says (nothing about the data)."""
+    keys = ("partition-id", "num-partitions")
+    record = ConfigRecord({k: int(context.node_config[k]) for k in keys if k in context.node_config})
+    return Message(content=RecordDict({PARTITION_RECORD: record}), reply_to=msg)
+
+
+def build_client_app(extra_mods: Sequence[Mod] = ()) -> ClientApp:
+    """The project's ClientApp; ``extra_mods`` run outermost (e.g. a test's client that fails)."""
+    client_app = ClientApp(mods=[*extra_mods, *MODS])
+    client_app.train()(train)
+    client_app.evaluate()(evaluate_local)
+    client_app.query()(describe_partition)
+    return client_app
+
+
+app = build_client_app()
+
+__all__ = ["MODS", "app", "build_client_app"]

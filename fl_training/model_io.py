@@ -31,10 +31,16 @@ MODEL_FORMATS = ("skops", "pickle")
 
 #: Largest model file read (the app's upload limit; an MNIST model is ~70 kB).
 MAX_MODEL_FILE_BYTES = 5 * 1024 * 1024
-#: Zip-bomb guards: what a model file may unpack to.
-MAX_MODEL_UNPACKED_BYTES = 64 * 1024 * 1024
-MAX_MODEL_ENTRIES = 256
-MAX_SCHEMA_NODES = 10_000
+#: What a model file may unpack to. A LogisticRegression for the largest
+#: dataset here (784 features, 10 classes) is schema.json + 4 arrays, ~72 kB.
+MAX_MODEL_UNPACKED_BYTES = 4 * 1024 * 1024
+MAX_MODEL_ENTRIES = 16
+#: Its schema.json is ~8.4 kB whatever the dataset. Parsing JSON costs up to
+#: ~21x its size in memory (``[[],[],...]``), so this bound is what keeps an
+#: upload's audit within a few MB.
+MAX_SCHEMA_BYTES = 64 * 1024
+#: Objects a schema may describe (a LogisticRegression: a few dozen).
+MAX_SCHEMA_NODES = 1_000
 
 #: The one class a model file may instantiate.
 MODEL_CLASS = "sklearn.linear_model._logistic.LogisticRegression"
@@ -85,7 +91,12 @@ def save_model(model: LogisticRegression, path: str | os.PathLike, fmt: str | No
     Returns
     -------
     Path
-        The written file.
+        The written file (complete, or not there at all).
+
+    Raises
+    ------
+    OSError
+        If it cannot be written (a full disk); nothing is left behind.
     """
     import skops.io as sio
 
@@ -94,11 +105,17 @@ def save_model(model: LogisticRegression, path: str | os.PathLike, fmt: str | No
     if fmt not in MODEL_FORMATS:
         raise ValueError(f"Unknown model format {fmt!r}; use one of {MODEL_FORMATS}.")
     path.parent.mkdir(parents=True, exist_ok=True)
-    if fmt == "skops":
-        sio.dump(model, path)
-    else:
-        with open(path, "wb") as fh:
-            pickle.dump(model, fh)
+    # Written next to its destination, then renamed: a full disk leaves no half-written model.
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        if fmt == "skops":
+            sio.dump(model, partial)
+        else:
+            with open(partial, "wb") as fh:
+                pickle.dump(model, fh)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
     return path
 
 
@@ -125,7 +142,6 @@ def load_model(path: str | os.PathLike, *, allow_pickle: bool = False) -> Logist
         If the file is not a skops file, holds types outside the allow-list,
         is too large, or is not a fitted linear classifier.
     """
-    import skops.io as sio
 
     path = Path(path)
     with open(path, "rb") as fh:
@@ -134,13 +150,29 @@ def load_model(path: str | os.PathLike, *, allow_pickle: bool = False) -> Logist
         with open(path, "rb") as fh:
             model = pickle.load(fh)  # noqa: S301 - explicit opt-in for the caller's own files
     else:
-        audit_model_file(path)
+        schema = audit_model_file(path)
         try:
-            model = sio.load(path, trusted=sorted(ALLOWED_SKOPS_TYPES))
+            model = _build_from_schema(path, schema)
         except Exception as exc:
             raise ModelFileError(f"{path.name} could not be loaded: {exc}") from exc
     check_model(model)
     return model
+
+
+def _build_from_schema(path: Path, schema: dict[str, Any]) -> Any:
+    """What ``skops.io.load`` does, from the schema the audit already parsed (parsed once).
+
+    skops 0.5 (pinned in requirements.txt) reads and parses schema.json again
+    in ``load``; its tree API takes the parsed schema instead. Its own audit
+    still runs, against the same allow-list.
+    """
+    from skops.io._audit import audit_tree, get_tree
+    from skops.io._utils import LoadContext
+
+    with zipfile.ZipFile(path) as archive:
+        tree = get_tree(schema, LoadContext(src=archive))
+        audit_tree(tree, sorted(ALLOWED_SKOPS_TYPES))
+        return tree.construct()
 
 
 def check_model(model: object) -> None:
@@ -198,17 +230,36 @@ def _skops_nodes(schema: Any) -> Iterator[dict[str, Any]]:
             stack.extend(item)
 
 
-def audit_model_file(path: str | os.PathLike) -> None:
+def _read_schema(archive: zipfile.ZipFile, name: str) -> Any:
+    """Parse ``schema.json`` after reading at most :data:`MAX_SCHEMA_BYTES` of it."""
+    with archive.open("schema.json") as fh:
+        raw = fh.read(MAX_SCHEMA_BYTES + 1)
+    if len(raw) > MAX_SCHEMA_BYTES:
+        raise ModelFileError(
+            f"{name}'s schema.json is larger than {_megabytes(MAX_SCHEMA_BYTES)}; a LogisticRegression's "
+            f"is about 8 KB: {_SKOPS_HINT}."
+        )
+    return json.loads(raw)
+
+
+def audit_model_file(path: str | os.PathLike) -> dict[str, Any]:
     """Refuse a model file unless it is a small skops archive naming allowed types only.
 
-    Only the archive's table of contents and its ``schema.json`` are read:
-    no object is built and no code runs. Pickle and joblib files are refused
-    outright, since unpickling runs code.
+    Only the archive's table of contents and its ``schema.json`` are read
+    (each within the bounds a LogisticRegression needs: :data:`MAX_MODEL_ENTRIES`,
+    :data:`MAX_MODEL_UNPACKED_BYTES`, :data:`MAX_SCHEMA_BYTES`,
+    :data:`MAX_SCHEMA_NODES`): no object is built and no code runs. Pickle
+    and joblib files are refused outright, since unpickling runs code.
 
     Parameters
     ----------
     path : path-like
         The file, e.g. an upload.
+
+    Returns
+    -------
+    dict
+        The parsed schema, for :func:`load_model` to build from (it is parsed once).
 
     Raises
     ------
@@ -230,23 +281,25 @@ def audit_model_file(path: str | os.PathLike) -> None:
         with zipfile.ZipFile(path) as archive:
             entries = archive.infolist()
             unpacked = sum(entry.file_size for entry in entries)
-            too_big = len(entries) > MAX_MODEL_ENTRIES or unpacked > MAX_MODEL_UNPACKED_BYTES
-            schema_bytes = None if too_big else archive.read("schema.json")
-        schema = None if too_big else json.loads(schema_bytes)
+            if len(entries) > MAX_MODEL_ENTRIES or unpacked > MAX_MODEL_UNPACKED_BYTES:
+                raise ModelFileError(
+                    f"{path.name} unpacks to {len(entries)} files and {_megabytes(unpacked)}; "
+                    f"a model file may hold at most {MAX_MODEL_ENTRIES} files and "
+                    f"{_megabytes(MAX_MODEL_UNPACKED_BYTES)}."
+                )
+            schema = _read_schema(archive, path.name)
     except KeyError:
         raise ModelFileError(
             f"{path.name} has no schema.json, so it is not a skops file: {_SKOPS_HINT}."
         ) from None
     except (zipfile.BadZipFile, ValueError, RecursionError, OSError) as exc:
+        if isinstance(exc, ModelFileError):
+            raise
         raise ModelFileError(
             f"{path.name} is not a valid skops file ({exc.__class__.__name__}): {_SKOPS_HINT}."
         ) from exc
-    if too_big:
-        raise ModelFileError(
-            f"{path.name} unpacks to {len(entries)} files and {_megabytes(unpacked)}; "
-            f"a model file may hold at most {MAX_MODEL_ENTRIES} files and "
-            f"{_megabytes(MAX_MODEL_UNPACKED_BYTES)}."
-        )
+    if not isinstance(schema, dict):
+        raise ModelFileError(f"{path.name}'s schema.json does not describe an object: {_SKOPS_HINT}.")
     refused = set()
     for node in _skops_nodes(schema):
         loader = node.get("__loader__")
@@ -263,6 +316,7 @@ def audit_model_file(path: str | os.PathLike) -> None:
             f"{path.name} contains types outside the allow-list: {listed}. Only a plain "
             f"LogisticRegression is accepted: {_SKOPS_HINT}."
         )
+    return schema
 
 
 # --------------------------------------------------------------------------

@@ -1,14 +1,17 @@
 """The ServerApp: builds a strategy, runs the rounds, scores the global model.
 
 The server never sees a client's data: it receives weights and metrics, and
-scores each round's global model on the held-out test split it owns.
+scores each round's global model on the held-out test split it owns. With
+secure aggregation it does not even see a client's weights, only their sum
+(:mod:`fl_training.secure_aggregation`).
 """
 
 from __future__ import annotations
 
-import time
+import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
@@ -21,58 +24,38 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
-from sklearn.linear_model import LogisticRegression
 
-from fl_training.datasets import load_dataset
+from fl_training.datasets import Dataset, load_dataset
+from fl_training.federation import (
+    Federation,
+    FederationError,
+    FederationGrid,
+    discover_federation,
+    wait_for_nodes,
+)
 from fl_training.model_io import save_model
-from fl_training.task import TrainingConfig, check_fits_dataset, evaluate, export_model, initial_parameters
+from fl_training.rounds import DP_DELTA, FederationResult, RoundRecord, RoundReporter, privacy_accountant
+from fl_training.task import (
+    FEDADAM_LEARNING_RATE,
+    FEDADAM_TAU,
+    MIN_CLIENTS,
+    TrainingConfig,
+    check_fits_dataset,
+    initial_parameters,
+)
+from fl_training.validation import real_number
 
-#: δ at which ε is reported for differentially private runs.
-DP_DELTA = 1e-5
-
-
-@dataclass(frozen=True)
-class RoundRecord:
-    """What the server knows after one round.
-
-    ``accuracy`` and ``loss`` score the global model on the server's held-out
-    test split; ``client_accuracy`` / ``client_loss`` aggregate the clients'
-    own evaluations on their local validation samples (``None`` in round 0,
-    before any training). ``epsilon`` is the privacy spent so far at
-    :data:`DP_DELTA` (``None`` without differential privacy).
-    """
-
-    round: int
-    accuracy: float
-    loss: float
-    seconds: float
-    client_accuracy: float | None = None
-    client_loss: float | None = None
-    epsilon: float | None = None
-
-    def to_dict(self) -> dict:
-        return {k: v for k, v in self.__dict__.items()}
-
-
-@dataclass
-class FederationResult:
-    """The outcome of a run: the exported model and every round's record."""
-
-    model: LogisticRegression
-    history: list[RoundRecord] = field(default_factory=list)
-    seconds: float = 0.0
-
-    @property
-    def accuracy(self) -> float:
-        return self.history[-1].accuracy if self.history else float("nan")
-
-    @property
-    def epsilon(self) -> float | None:
-        return self.history[-1].epsilon if self.history else None
+#: How long a run waits for its SuperNodes (run-config key ``node-wait-seconds``).
+NODE_WAIT_SECONDS = 120.0
+#: Longest wait for the replies of one exchange (run-config key ``round-timeout``); a client
+#: that has not answered by then counts as dropped out.
+ROUND_TIMEOUT_SECONDS = 600.0
+#: Bounds of both run-config keys, in seconds.
+WAIT_RANGE = (1.0, 86_400.0)
 
 
 def build_strategy(cfg: TrainingConfig, on_client_eval: Callable[[MetricRecord], None]) -> Strategy:
-    """The strategy named by ``cfg.strategy``, sampling every client each round."""
+    """The strategy named by ``cfg.strategy``, sampling every connected client each round."""
     def aggregate_evaluate(records: list[RecordDict], weighting_key: str) -> MetricRecord:
         aggregated = aggregate_metricrecords(records, weighting_key)
         on_client_eval(aggregated)
@@ -81,57 +64,41 @@ def build_strategy(cfg: TrainingConfig, on_client_eval: Callable[[MetricRecord],
     common = dict(
         fraction_train=1.0,
         fraction_evaluate=1.0,
-        min_train_nodes=cfg.num_clients,
-        min_evaluate_nodes=cfg.num_clients,
-        min_available_nodes=cfg.num_clients,
+        # The federation is complete before round 1; later rounds go on with the clients still there.
+        min_train_nodes=MIN_CLIENTS,
+        min_evaluate_nodes=MIN_CLIENTS,
+        min_available_nodes=MIN_CLIENTS,
         evaluate_metrics_aggr_fn=aggregate_evaluate,
     )
     strategy: Strategy
     if cfg.strategy == "fedprox":
         strategy = FedProx(proximal_mu=cfg.proximal_mu, **common)
     elif cfg.strategy == "fedadam":
-        # Adam on the server treats the averaged update as a pseudo-gradient;
-        # a smaller step than Flower's default suits a linear model's weights.
-        strategy = FedAdam(eta=0.05, eta_l=0.05, **common)
+        strategy = FedAdam(eta=FEDADAM_LEARNING_RATE, eta_l=FEDADAM_LEARNING_RATE, tau=FEDADAM_TAU, **common)
     elif cfg.strategy == "fedmedian":
         strategy = FedMedian(**common)
     else:
         strategy = FedAvg(**common)
     if cfg.differential_privacy:
-        strategy = _with_differential_privacy(strategy, cfg)
+        # Clip every update on the server, add Gaussian noise, and account for ε.
+        # fl_training.task.validate_config has already refused any strategy but FedAvg.
+        strategy = DifferentialPrivacyServerSideFixedClipping(
+            strategy,
+            noise_multiplier=cfg.noise_multiplier,
+            clipping_norm=cfg.clipping_norm,
+            num_sampled_clients=cfg.num_clients,
+            accountant=privacy_accountant(cfg.num_clients),
+        )
     return strategy
 
 
-def _with_differential_privacy(strategy: Strategy, cfg: TrainingConfig) -> Strategy:
-    """Clip every update on the server, add Gaussian noise, and account for ε.
-
-    Flower's accountant supports fixed clipping with FedAvg aggregation, every
-    client taking part in every round (no sampling amplification) and equal
-    client weights (the ClientApp reports ``num-examples = 1`` under DP).
-    :func:`fl_training.task.validate_config` has already refused any other
-    strategy and a noise multiplier of 0.
-    """
-    from flwr.serverapp import NeighboringRelation, PrivacyConfig, RdpAccountant, SamplingMethod
-
-    accountant = RdpAccountant(
-        PrivacyConfig(
-            target_delta=DP_DELTA,
-            population_size=cfg.num_clients,
-            neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
-            sampling_method=SamplingMethod.NO_AMPLIFICATION,
-        )
-    )
-    return DifferentialPrivacyServerSideFixedClipping(
-        strategy,
-        noise_multiplier=cfg.noise_multiplier,
-        clipping_norm=cfg.clipping_norm,
-        num_sampled_clients=cfg.num_clients,
-        accountant=accountant,
-    )
-
-
 def run_federation(
-    grid: Grid, cfg: TrainingConfig, on_round: Callable[[RoundRecord], None] | None = None
+    grid: Grid,
+    cfg: TrainingConfig,
+    on_round: Callable[[RoundRecord], None] | None = None,
+    *,
+    federation: Federation | None = None,
+    round_timeout: float = ROUND_TIMEOUT_SECONDS,
 ) -> FederationResult:
     """Run ``cfg.num_rounds`` federated rounds over the nodes behind ``grid``.
 
@@ -140,10 +107,15 @@ def run_federation(
     grid : Grid
         Flower's handle to the SuperNodes (simulated or real).
     cfg : TrainingConfig
-        The run's settings. They are sent to the clients with every message.
+        The run's settings. They are sent to the clients with every message;
+        ``cfg.secure_aggregation`` selects the SecAgg+ workflow.
     on_round : callable, optional
         Called with a :class:`RoundRecord` after round 0 (the initial model)
         and after every round, while the run goes on.
+    federation : Federation, optional
+        The nodes taking part; by default the first ``cfg.num_clients`` to connect.
+    round_timeout : float
+        Longest wait for the replies of one exchange, in seconds.
 
     Returns
     -------
@@ -152,28 +124,30 @@ def run_federation(
     """
     dataset = load_dataset(cfg.dataset)
     check_fits_dataset(cfg, dataset)
-    client_eval: dict[str, float] = {}
-    strategy = build_strategy(cfg, lambda record: client_eval.update(dict(record)))
-    result = FederationResult(model=export_model(initial_parameters(dataset), dataset))
-    start = time.perf_counter()
+    if federation is None:
+        federation = wait_for_nodes(grid, cfg.num_clients, NODE_WAIT_SECONDS)
+    federation_grid = FederationGrid(grid, federation, timeout=round_timeout)
+    if cfg.secure_aggregation:
+        from fl_training.secure_aggregation import run_secure_federation
+
+        return run_secure_federation(federation_grid, cfg, dataset, on_round)
+    return _run_in_the_clear(federation_grid, cfg, dataset, on_round)
+
+
+def _run_in_the_clear(
+    grid: FederationGrid,
+    cfg: TrainingConfig,
+    dataset: Dataset,
+    on_round: Callable[[RoundRecord], None] | None,
+) -> FederationResult:
+    """Flower's Message API strategies: the server receives every client's weights."""
+    reporter = RoundReporter(dataset, grid, on_round)
+    strategy = build_strategy(cfg, reporter.client_evaluation)
+    reporter.privacy_spent = getattr(strategy, "privacy_spent", None) or reporter.privacy_spent
 
     def evaluate_global(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        model = export_model(arrays.to_numpy_ndarrays(), dataset)
-        accuracy, loss = evaluate(model, dataset.X_test, dataset.y_test)
-        spent = getattr(strategy, "privacy_spent", lambda: None)()
-        record = RoundRecord(
-            round=server_round,
-            accuracy=accuracy,
-            loss=loss,
-            seconds=time.perf_counter() - start,
-            client_accuracy=client_eval.pop("accuracy", None) if server_round else None,
-            client_loss=client_eval.pop("loss", None) if server_round else None,
-            epsilon=float(spent.epsilon) if spent is not None and spent.num_releases else None,
-        )
-        result.model = model
-        result.history.append(record)
-        if on_round is not None:
-            on_round(record)
+        accuracy, loss = reporter.score(server_round, arrays.to_numpy_ndarrays())
+        reporter.emit(server_round)
         return MetricRecord({"accuracy": accuracy, "loss": loss})
 
     train_config = ConfigRecord({k.replace("_", "-"): v for k, v in cfg.to_dict().items()})
@@ -181,30 +155,56 @@ def run_federation(
         grid=grid,
         initial_arrays=ArrayRecord(initial_parameters(dataset)),
         num_rounds=cfg.num_rounds,
+        timeout=grid.timeout,
         train_config=train_config,
         evaluate_config=train_config,
         evaluate_fn=evaluate_global,
     )
-    result.seconds = time.perf_counter() - start
-    if len(result.history) != cfg.num_rounds + 1:
-        raise RuntimeError(
-            f"The federation stopped after {len(result.history) - 1} of {cfg.num_rounds} rounds; "
-            "see the Flower log above for the failing client."
-        )
-    return result
+    return reporter.finish(cfg.num_rounds)
 
 
-def config_from_run_config(run_config) -> tuple[TrainingConfig, str]:
-    """Read a run's settings from ``context.run_config``, with defaults.
+@dataclass(frozen=True)
+class ServerSettings:
+    """What the ServerApp reads from a deployment's run config besides the training settings.
 
-    ``num-server-rounds`` is Flower's name for the number of rounds; ``output``
-    names where the final model is written (empty: not written).
+    Attributes
+    ----------
+    training : TrainingConfig
+        The training settings (``num_clients`` is replaced by the federation's size).
+    num_clients : int or None
+        The run-config key ``num-clients``; 0 or absent: as many clients as the
+        SuperNodes' node config says (``num-partitions``).
+    output : str
+        Where the final model is written as ``.skops`` (empty: not written).
+    node_wait_seconds, round_timeout : float
+        Longest waits for the SuperNodes to arrive and for one exchange's replies.
     """
-    values = dict(run_config)
-    if "num-server-rounds" in values:
-        values["num-rounds"] = values.pop("num-server-rounds")
-    output = str(values.pop("output", "") or "")
-    return TrainingConfig.from_mapping(values), output
+
+    training: TrainingConfig
+    num_clients: int | None = None
+    output: str = ""
+    node_wait_seconds: float = NODE_WAIT_SECONDS
+    round_timeout: float = ROUND_TIMEOUT_SECONDS
+
+    @classmethod
+    def from_run_config(cls, run_config: Any) -> ServerSettings:
+        """Read ``context.run_config`` (``num-server-rounds`` is Flower's name for the rounds)."""
+        values = dict(run_config)
+        if "num-server-rounds" in values:
+            values["num-rounds"] = values.pop("num-server-rounds")
+        output = str(values.pop("output", "") or "")
+        node_wait = values.pop("node-wait-seconds", NODE_WAIT_SECONDS)
+        round_timeout = values.pop("round-timeout", ROUND_TIMEOUT_SECONDS)
+        num_clients = values.pop("num-clients", 0)
+        if num_clients != 0:
+            num_clients = TrainingConfig.from_values(num_clients=num_clients).num_clients
+        return cls(
+            training=TrainingConfig.from_mapping(values),
+            num_clients=num_clients or None,
+            output=output,
+            node_wait_seconds=real_number("node-wait-seconds", node_wait, *WAIT_RANGE),
+            round_timeout=real_number("round-timeout", round_timeout, *WAIT_RANGE),
+        )
 
 
 app = ServerApp()
@@ -213,20 +213,38 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Entry point for ``flwr run``: settings come from ``[tool.flwr.app.config]``."""
-    cfg, output = config_from_run_config(context.run_config)
-    result = run_federation(grid, cfg, on_round=_print_round)
-    if output:
-        path = save_model(result.model, output)
+    settings = ServerSettings.from_run_config(context.run_config)
+    try:
+        federation = discover_federation(grid, settings.num_clients, settings.node_wait_seconds)
+    except FederationError as exc:
+        print(f"error: {exc}", flush=True)
+        raise
+    cfg = dataclasses.replace(settings.training, num_clients=federation.size)
+    mode = "secure aggregation (SecAgg+)" if cfg.secure_aggregation else "aggregation in the clear"
+    print(f"Training {cfg.dataset} with {cfg.num_clients} clients, {cfg.strategy}, {mode}.", flush=True)
+    result = run_federation(
+        grid, cfg, on_round=_print_round, federation=federation, round_timeout=settings.round_timeout
+    )
+    if settings.output:
+        path = save_model(result.model, settings.output)
         print(f"Model written to {path}", flush=True)
 
 
 def _print_round(record: RoundRecord) -> None:
     eps = f"  epsilon {record.epsilon:.2f}" if record.epsilon is not None else ""
+    dropped = f"  {record.dropped_clients} client(s) dropped out" if record.dropped_clients else ""
     print(
         f"round {record.round}: accuracy {record.accuracy:.4f}  loss {record.loss:.4f}"
-        f"  ({record.seconds:.1f} s){eps}",
+        f"  ({record.seconds:.1f} s){eps}{dropped}",
         flush=True,
     )
 
 
-__all__ = ["app", "run_federation", "RoundRecord", "FederationResult"]
+__all__ = [
+    "DP_DELTA",
+    "FederationResult",
+    "RoundRecord",
+    "ServerSettings",
+    "app",
+    "run_federation",
+]

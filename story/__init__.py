@@ -17,12 +17,14 @@ Nothing here imports gradio: a test, a notebook or another UI can drive it.
 from story.errors import StepError
 from story.registry import DEFAULT_IDLE_TTL_SECONDS, SessionRegistry
 from story.session import DemoSession
+from story.shared_trainings import Joined
 from story.stages import Baseline, Progress
 
 __all__ = [
     "DEFAULT_IDLE_TTL_SECONDS",
     "Baseline",
     "DemoSession",
+    "Joined",
     "Progress",
     "SessionRegistry",
     "StepError",

@@ -3,30 +3,38 @@
 :class:`SessionCore` holds the records of the steps done so far (see
 :mod:`story.stages`), refuses a step whose predecessors are missing, drops
 what a replaced step made obsolete, and deletes everything (private key
-included) when the session closes. The steps themselves live in one module
-per act of the story and are combined in :class:`story.session.DemoSession`.
+included) when the session closes. Every record stored gets a new serial
+number (:meth:`SessionCore.versions`), so that a view can tell whether what it
+shows is still current, and what was handed out for one record (a download)
+can be withdrawn when that record goes (:meth:`SessionCore.while_current`).
+The steps themselves live in one module per act of the story and are
+combined in :class:`story.session.DemoSession`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fl_training.datasets import Dataset, load_dataset
 from story import errors
 from story.errors import StepError
+from story.shared_deployments import SharedDeployments
+from story.shared_trainings import SharedTrainings
 from story.stages import (
     CompiledStage,
     DecryptedStage,
     EncryptedStage,
+    IntruderStage,
     KeyStage,
     ModelStage,
     Progress,
@@ -38,6 +46,42 @@ if TYPE_CHECKING:
     from fhe_model.evaluation import EvaluationReport
 
 logger = logging.getLogger(__name__)
+
+
+class _Record:
+    """One step's record on a session; storing a record (or None) stamps it with a new serial number."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, session: SessionCore | None, owner: type | None = None) -> Any:
+        if session is None:
+            return self
+        return session.__dict__.get(self.name)
+
+    def __set__(self, session: SessionCore, value: Any) -> None:
+        previous = session.__dict__.get(self.name)
+        session.__dict__[self.name] = value
+        if value is not previous or self.name not in session._serials:
+            session._stamp(self.name, value)
+
+
+class StepScope:
+    """Cleanups that belong to one record of a session (see :meth:`SessionCore.while_current`)."""
+
+    def __init__(self, session: SessionCore, step: str, serial: int):
+        self._session, self._step, self._serial = session, step, serial
+
+    def add_cleanup(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` once this record is replaced or dropped, or the session ends.
+
+        Parameters
+        ----------
+        callback : callable
+            Runs once; its exceptions are logged. Runs at once if the record
+            is already gone.
+        """
+        self._session._add_scoped_cleanup(self._step, self._serial, callback)
 
 
 class SessionCore:
@@ -53,6 +97,12 @@ class SessionCore:
     work_root : path-like, optional
         Parent of the session's directory of downloadable files (random name,
         removed when the session closes); the system temp directory by default.
+    trainings : SharedTrainings, optional
+        The app's trainings, shared by sessions with equal settings (a
+        private one by default).
+    deployments : SharedDeployments, optional
+        The app's compiled deployments, shared by sessions with the same model
+        and settings (a private one by default).
     """
 
     def __init__(
@@ -60,14 +110,25 @@ class SessionCore:
         server: FHEServerHandle,
         keys_root: str | os.PathLike,
         work_root: str | os.PathLike | None = None,
+        *,
+        trainings: SharedTrainings | None = None,
+        deployments: SharedDeployments | None = None,
     ):
+        self._cleanup_lock = threading.Lock()
+        self._serial_counter = itertools.count(1)
+        self._serials: dict[str, int] = {}
+        self._revision = 0
+        self._scoped_cleanups: dict[str, list[tuple[int, Callable[[], None]]]] = {}
         self.server = server
+        self._trainings = trainings if trainings is not None else SharedTrainings()
+        self._deployments = deployments if deployments is not None else SharedDeployments(
+            server, Path(work_root or tempfile.gettempdir()) / "deployments"
+        )
         self._keys_root = Path(keys_root)
         self._work_root = Path(work_root) if work_root is not None else None
         self._busy = threading.Lock()
         self._work_dir: Path | None = None
         self._cleanups: list[Callable[[], None]] = []
-        self._cleanup_lock = threading.Lock()
         self._wiped = False
         self.closed = False
         self.last_used = time.monotonic()
@@ -77,7 +138,77 @@ class SessionCore:
         self.encrypted: EncryptedStage | None = None
         self.server_output: ServerStage | None = None
         self.decrypted: DecryptedStage | None = None
+        self.intruder: IntruderStage | None = None
         self.evaluation: EvaluationReport | None = None
+
+    # The records of the steps done so far; each assignment stamps a new serial number.
+    model = _Record()
+    deployment = _Record()
+    keys = _Record()
+    encrypted = _Record()
+    server_output = _Record()
+    decrypted = _Record()
+    intruder = _Record()
+    evaluation = _Record()
+
+    # -- what was stored when ------------------------------------------------
+
+    def _stamp(self, step: str, record: Any) -> None:
+        with self._cleanup_lock:
+            self._revision = next(self._serial_counter)
+            self._serials[step] = self._revision if record is not None else 0
+            stale = self._scoped_cleanups.pop(step, [])
+        self._run_cleanups(callback for _serial, callback in stale)
+
+    def versions(self) -> dict[str, int]:
+        """The serial number of each step's current record (0 when there is none).
+
+        A record replaced by another, even an equal one, gets a new number:
+        a view that remembers the number it shows knows when to redraw.
+
+        Returns
+        -------
+        dict
+            ``{"model": 3, "deployment": 5, "keys": 0, ...}`` for ``model``,
+            ``deployment``, ``keys``, ``encrypted``, ``server_output``,
+            ``decrypted``, ``intruder`` and ``evaluation``.
+        """
+        with self._cleanup_lock:
+            return dict(self._serials)
+
+    def while_current(self, step: str) -> StepScope:
+        """Cleanups for what was handed out for the current record of ``step`` (e.g. a served download).
+
+        Parameters
+        ----------
+        step : str
+            A key of :meth:`versions`, e.g. ``"deployment"``.
+
+        Returns
+        -------
+        StepScope
+            Its ``add_cleanup(callback)`` runs ``callback`` when that record is
+            replaced or dropped, or when the session is wiped.
+        """
+        with self._cleanup_lock:
+            if step not in self._serials:
+                raise ValueError(f"Unknown step {step!r}; use one of {', '.join(self._serials)}.")
+            return StepScope(self, step, self._serials[step])
+
+    def _add_scoped_cleanup(self, step: str, serial: int, callback: Callable[[], None]) -> None:
+        with self._cleanup_lock:
+            if not self._wiped and serial != 0 and self._serials.get(step) == serial:
+                self._scoped_cleanups.setdefault(step, []).append((serial, callback))
+                return
+        self._run_cleanups([callback])
+
+    @staticmethod
+    def _run_cleanups(callbacks: Iterable[Callable[[], None]]) -> None:
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:  # one failed cleanup must not stop the others
+                logger.exception("session cleanup failed")
 
     # -- what the UI may read ------------------------------------------------
 
@@ -124,6 +255,7 @@ class SessionCore:
             dataset=model.dataset if model else None,
             accuracy=model.summary["accuracy"] if model else None,
             n_bits=deployment.compiled.report.n_bits if deployment else None,
+            revision=self._revision,
         )
 
     # -- one step at a time --------------------------------------------------
@@ -208,6 +340,7 @@ class SessionCore:
     def _clear_after_encryption(self) -> None:
         self.server_output = None
         self.decrypted = None
+        self.intruder = None
 
     def _drop_keys(self, keys: KeyStage | None) -> None:
         """Delete a private key and ask the server to forget its evaluation keys."""
@@ -217,14 +350,9 @@ class SessionCore:
         keys.remote.forget()
 
     def _retire_deployment(self, stage: CompiledStage | None) -> None:
-        """Free Concrete's compiled circuits, the deployment files and the server's copy."""
-        from fhe_model.developer import remove_compiled_files
-
-        if stage is None:
-            return
-        remove_compiled_files(stage.compiled)
-        self._remove_public_dir(stage.files.directory)
-        stage.remote.forget()
+        """Give the deployment back; the last session using it deletes its circuit, files and server copy."""
+        if stage is not None:
+            stage.lease.release()
 
     # -- directories -------------------------------------------------------
 
@@ -250,6 +378,66 @@ class SessionCore:
         while directory.parent != work_dir:
             directory = directory.parent
         shutil.rmtree(directory, ignore_errors=True)
+
+    # -- a page reload -----------------------------------------------------
+
+    def park(self) -> bool:
+        """Keep the model and its deployment for a reloaded page; delete the private key now.
+
+        The keys (the private key and the server's evaluation keys) and every
+        later record go at once; what is left can be taken over with
+        :meth:`resume_from`, and is deleted by :meth:`close`.
+
+        Returns
+        -------
+        bool
+            False (nothing changed) if there is no model, the session has
+            ended, or a step is running.
+        """
+        if self.closed or self.model is None or not self._busy.acquire(blocking=False):
+            return False
+        try:
+            self._replace_keys(None)
+            return self.model is not None
+        finally:
+            self._busy.release()
+
+    def resume_from(self, previous: SessionCore) -> bool:
+        """Take over the model and deployment of this visitor's previous page (keys are never taken over).
+
+        The model file is copied into this session's own directory; the
+        deployment is shared with ``previous`` until that one is closed.
+
+        Parameters
+        ----------
+        previous : SessionCore
+            The session of the page that was reloaded (parked or still open).
+
+        Returns
+        -------
+        bool
+            False if this session already has a model of its own, or
+            ``previous`` has none left.
+        """
+        with self._step("resuming the previous page"):
+            model, deployment = previous.model, previous.deployment
+            if self.model is not None or model is None or previous.closed:
+                return False
+            model_file = self._new_public_dir() / model.model_file.name
+            try:
+                shutil.copyfile(model.model_file, model_file)
+            except OSError:  # the previous session was wiped meanwhile
+                self._remove_public_dir(model_file)
+                return False
+            summary = {**model.summary, "resumed": True}
+            self._replace_model(ModelStage(model.model, model.dataset, model.source, summary, model_file))
+            if deployment is not None:
+                report = deployment.compiled.report
+                lease = self._deployments.acquire(
+                    model.model, load_dataset(model.dataset), report.n_bits, report.calibration
+                )
+                self._replace_deployment(CompiledStage(lease, resumed=True))
+            return True
 
     # -- the end -----------------------------------------------------------
 
@@ -289,11 +477,10 @@ class SessionCore:
             cleanups, self._cleanups, self._wiped = self._cleanups, [], True
         self._replace_deployment(None)
         self.model = None
+        with self._cleanup_lock:
+            scoped = [callback for entries in self._scoped_cleanups.values() for _serial, callback in entries]
+            self._scoped_cleanups.clear()
         self._work_dir = None
         if work_dir is not None:
             shutil.rmtree(work_dir, ignore_errors=True)
-        for callback in cleanups:
-            try:
-                callback()
-            except Exception:  # one failed cleanup must not stop the others
-                logger.exception("session cleanup failed")
+        self._run_cleanups(scoped + cleanups)

@@ -6,7 +6,6 @@ from collections.abc import Callable
 from typing import Any
 
 from fhe_model import developer
-from fhe_model.connection import RemoteDeployment
 from fl_training.datasets import load_dataset
 from story.base import SessionCore
 from story.stages import CompiledStage
@@ -30,7 +29,9 @@ class CompileSteps(SessionCore):
         -------
         dict
             ``n_bits``, ``max_bit_width``, ``compile_seconds``, ``accuracy_clear``,
-            ``accuracy_quantized``, ``accuracy_fhe_simulated`` and more.
+            ``accuracy_quantized``, ``accuracy_fhe_simulated`` and more; ``shared``
+            is true when another session had compiled the same model at the same
+            settings, and this one uses that circuit and server deployment.
 
         Raises
         ------
@@ -43,15 +44,8 @@ class CompileSteps(SessionCore):
         calibration = developer.validate_calibration(calibration)
         with self._step("compilation"):
             stage = self._require_model()
-            dataset = load_dataset(stage.dataset)
-            compiled = developer.compile_model(stage.model, dataset, n_bits=n_bits, calibration=calibration)
-            try:
-                files = developer.save_deployment(compiled, self._new_public_dir() / "deployment")
-            except BaseException:
-                developer.remove_compiled_files(compiled)
-                raise
-            remote = RemoteDeployment(self.server, files.server_zip, files.client_zip)
-            self._replace_deployment(CompiledStage(compiled, files, remote))
+            lease = self._deployments.acquire(stage.model, load_dataset(stage.dataset), n_bits, calibration)
+            self._replace_deployment(CompiledStage(lease))
             return self.compile_summary()
 
     def compile_summary(self) -> dict[str, Any]:
@@ -73,6 +67,7 @@ class CompileSteps(SessionCore):
             "range_check_passed": report.range_check_passed,
             "client_zip_bytes": stage.files.client_zip_bytes,
             "server_zip_bytes": stage.files.server_zip_bytes,
+            "shared": stage.shared,
         }
 
     def n_bits_sweep(

@@ -1,19 +1,21 @@
 """Act 3: the four steps of encrypted inference, and what a wrong key yields.
 
-The session plays the data owner (client role): it holds the private key in
-a directory of its own; the FHE server only ever receives the circuit,
-evaluation keys and ciphertexts, through :mod:`fhe_model.connection`.
+The session plays the data owner (client role) on the app's host, for the
+visitor: it holds the private key in a directory of its own on the host; the
+FHE server only ever receives the circuit, evaluation keys and ciphertexts,
+through :mod:`fhe_model.connection`. The visitor's browser holds no key.
 """
 
 from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from fhe_model.client import FHEClient, decrypt_with_fresh_keys
+from fhe_model.client import DecryptionResult, FHEClient, decrypt_with_fresh_keys
 from fhe_model.connection import RemoteKeys
 from fhe_model.http_client import FHEServerError
 from fl_training.datasets import load_dataset
@@ -21,23 +23,34 @@ from fl_training.drawings import drawing_to_features
 from fl_training.validation import one_of, whole_number
 from story.base import SessionCore
 from story.errors import StepError
-from story.stages import DecryptedStage, EncryptedStage, KeyStage, ServerStage
+from story.stages import CompiledStage, DecryptedStage, EncryptedStage, IntruderStage, KeyStage, ServerStage
 
 #: Inputs of step ②.
 INPUT_SOURCES: tuple[str, ...] = ("test sample", "drawing")
+#: The wrong-key demo: fresh keys tried on the current output (cheap: ~5 ms each), and
+#: test samples over which wrong keys are scored (each one also runs on the server).
+WRONG_KEY_TRIES = 50
+MAX_WRONG_KEY_TRIES = 500
+WRONG_KEY_SAMPLES = 20
+MAX_WRONG_KEY_SAMPLES = 200
 
 
 class InferenceSteps(SessionCore):
     """Tab 3's steps: keys, encryption, the server's run, decryption."""
 
-    def generate_keys(self) -> dict[str, Any]:
+    def generate_keys(self, reason: str = "requested") -> dict[str, Any]:
         """Step ①: generate fresh keys and send the evaluation keys to the server.
+
+        Parameters
+        ----------
+        reason : str
+            Why: ``"requested"``, or ``"page reloaded"`` when a resumed page
+            gets a private key of its own.
 
         Returns
         -------
         dict
-            ``private_key_bytes``, ``evaluation_key_bytes``, ``seconds``,
-            ``upload_seconds``, ``key_id``, ``deployment_id``.
+            See :meth:`keys_summary`.
 
         Raises
         ------
@@ -45,10 +58,12 @@ class InferenceSteps(SessionCore):
             Without a compiled model, or if the server refuses the upload.
         """
         with self._step("key generation"):
+            start = time.perf_counter()
             stage = self._require_deployment()
             key_dir = self._new_key_dir()
             try:
                 client = FHEClient(stage.files.directory, key_dir)
+                setup_seconds = time.perf_counter() - start
                 keygen = client.generate_keys()
                 try:
                     remote = RemoteKeys(stage.remote, client.evaluation_keys)
@@ -57,15 +72,33 @@ class InferenceSteps(SessionCore):
             except BaseException:
                 shutil.rmtree(key_dir, ignore_errors=True)
                 raise
-            self._replace_keys(KeyStage(client, keygen, key_dir, remote))
-            return {
-                "private_key_bytes": keygen.private_key_bytes,
-                "evaluation_key_bytes": keygen.evaluation_key_bytes,
-                "seconds": round(keygen.seconds, 4),
-                "upload_seconds": round(remote.upload_seconds, 4),
-                "key_id": remote.key_id,
-                "deployment_id": remote.deployment_id,
-            }
+            seconds = time.perf_counter() - start
+            self._replace_keys(KeyStage(client, keygen, key_dir, remote, seconds, setup_seconds, reason))
+            return self.keys_summary()
+
+    def keys_summary(self) -> dict[str, Any]:
+        """The current keys, as step ① reported them.
+
+        Returns
+        -------
+        dict
+            ``private_key_bytes``, ``evaluation_key_bytes``, ``seconds`` (the
+            whole step: loading ``client.zip``, key generation, upload),
+            ``setup_seconds``, ``keygen_seconds``, ``upload_seconds``,
+            ``key_id``, ``deployment_id``, ``reason``.
+        """
+        keys = self._require_keys()
+        return {
+            "private_key_bytes": keys.keygen.private_key_bytes,
+            "evaluation_key_bytes": keys.keygen.evaluation_key_bytes,
+            "seconds": round(keys.seconds, 4),
+            "setup_seconds": round(keys.setup_seconds, 4),
+            "keygen_seconds": round(keys.keygen.seconds, 4),
+            "upload_seconds": round(keys.remote.upload_seconds, 4),
+            "key_id": keys.remote.key_id,
+            "deployment_id": keys.remote.deployment_id,
+            "reason": keys.reason,
+        }
 
     def sample(self, index: Any) -> tuple[np.ndarray, int]:
         """Return test sample ``index`` of the model's dataset and its label.
@@ -124,16 +157,22 @@ class InferenceSteps(SessionCore):
             encryption = keys.client.encrypt(x)
             self.encrypted = EncryptedStage(x, label, source, index, encryption)
             self._clear_after_encryption()
-            return {
-                "source": source,
-                "sample_index": index,
-                "label": label,
-                "ciphertext_bytes": encryption.ciphertext_bytes,
-                "seconds": round(encryption.seconds, 4),
-                "ciphertext_preview": encryption.ciphertext_preview,
-                "quantized_min": int(np.min(encryption.quantized_input)),
-                "quantized_max": int(np.max(encryption.quantized_input)),
-            }
+            return self.encryption_summary()
+
+    def encryption_summary(self) -> dict[str, Any]:
+        """The current ciphertext, as step ② reported it (see :meth:`encrypt`)."""
+        encrypted = self._require_encrypted()
+        encryption = encrypted.encryption
+        return {
+            "source": encrypted.source,
+            "sample_index": encrypted.sample_index,
+            "label": encrypted.label,
+            "ciphertext_bytes": encryption.ciphertext_bytes,
+            "seconds": round(encryption.seconds, 4),
+            "ciphertext_preview": encryption.ciphertext_preview,
+            "quantized_min": int(np.min(encryption.quantized_input)),
+            "quantized_max": int(np.max(encryption.quantized_input)),
+        }
 
     @property
     def quantized_input(self) -> np.ndarray | None:
@@ -167,16 +206,22 @@ class InferenceSteps(SessionCore):
             start = time.perf_counter()
             output, retried = self._predict(keys, encrypted.encryption.ciphertext)
             seconds = time.perf_counter() - start
+            self._clear_after_encryption()
             self.server_output = ServerStage(output, seconds, retried)
-            self.decrypted = None
-            return {
-                "seconds": round(seconds, 4),
-                "output_ciphertext_bytes": len(output),
-                "input_ciphertext_bytes": encrypted.encryption.ciphertext_bytes,
-                "evaluation_key_bytes": keys.keygen.evaluation_key_bytes,
-                "keys_uploaded_again": retried,
-                "deployment_id": keys.deployment_id,
-            }
+            return self.server_summary()
+
+    def server_summary(self) -> dict[str, Any]:
+        """What the server computed, as step ③ reported it (see :meth:`run_on_server`)."""
+        output = self._require_server_output()
+        keys, encrypted = self._require_keys(), self._require_encrypted()
+        return {
+            "seconds": round(output.seconds, 4),
+            "output_ciphertext_bytes": len(output.ciphertext),
+            "input_ciphertext_bytes": encrypted.encryption.ciphertext_bytes,
+            "evaluation_key_bytes": keys.keygen.evaluation_key_bytes,
+            "keys_uploaded_again": output.retried,
+            "deployment_id": keys.deployment_id,
+        }
 
     def decrypt(self) -> dict[str, Any]:
         """Step ④: decrypt the server's output with the private key.
@@ -199,40 +244,120 @@ class InferenceSteps(SessionCore):
             clear_probabilities = model.model.predict_proba(encrypted.x[None, :])[0]
             clear_prediction = int(model.model.classes_[int(np.argmax(clear_probabilities))])
             self.decrypted = DecryptedStage(result, clear_prediction, clear_probabilities)
-            return {
-                "prediction": result.prediction,
-                "class_name": result.class_name,
-                "clear_prediction": clear_prediction,
-                "matches_clear": result.prediction == clear_prediction,
-                "label": encrypted.label,
-                "probabilities": [float(p) for p in result.probabilities],
-                "clear_probabilities": [float(p) for p in clear_probabilities],
-                "seconds": round(result.seconds, 4),
-            }
+            return self.decryption_summary()
 
-    def decrypt_with_wrong_key(self) -> dict[str, Any]:
-        """Decrypt the server's output with freshly generated keys, as an eavesdropper would.
+    def decryption_summary(self) -> dict[str, Any]:
+        """The decrypted prediction beside the clear model's, as step ④ reported it (see :meth:`decrypt`)."""
+        if self.decrypted is None:
+            self._require_server_output()
+            raise StepError("Nothing is decrypted yet: run step ④ Decryption first.")
+        decrypted, encrypted = self.decrypted, self._require_encrypted()
+        result = decrypted.result
+        return {
+            "prediction": result.prediction,
+            "class_name": result.class_name,
+            "clear_prediction": decrypted.clear_prediction,
+            "matches_clear": result.prediction == decrypted.clear_prediction,
+            "label": encrypted.label,
+            "probabilities": [float(p) for p in result.probabilities],
+            "clear_probabilities": [float(p) for p in decrypted.clear_probabilities],
+            "raw_scores": [int(v) for v in result.decrypted_scores],
+            "seconds": round(result.seconds, 4),
+        }
+
+    def decrypt_with_wrong_key(
+        self,
+        tries: Any = WRONG_KEY_TRIES,
+        samples: Any = WRONG_KEY_SAMPLES,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> dict[str, Any]:
+        """Decrypt with freshly generated (wrong) keys, as an eavesdropper would.
+
+        Concrete accepts the bytes (they have the right shape), so decryption
+        "works": it yields random integers, which the softmax turns into a
+        confident-looking probability for an arbitrary class. Two checks show
+        that this is noise: ``tries`` wrong keys on the current server output
+        point at classes that change from key to key, and over ``samples``
+        test samples (each encrypted, computed by the server, and decrypted
+        with a new wrong key) the wrong keys are right about as often as a
+        blind guess, while the private key is right as often as the model.
+
+        Parameters
+        ----------
+        tries : int
+            Wrong keys tried on the current output (1 to :data:`MAX_WRONG_KEY_TRIES`).
+        samples : int
+            Test samples of the accuracy check (0 to :data:`MAX_WRONG_KEY_SAMPLES`).
+        progress : callable, optional
+            ``progress(done, samples)`` after each test sample.
 
         Returns
         -------
         dict
-            ``decrypted`` (Concrete accepted the bytes), ``prediction`` and
-            ``probabilities`` (meaningless), ``raw_scores``, ``error`` if it refused.
+            ``decrypted`` (Concrete accepted the bytes), ``prediction``,
+            ``probabilities`` and ``raw_scores`` (the decrypted integers) of
+            the first wrong key; ``real_prediction``, ``real_probabilities`` and
+            ``real_raw_scores`` (with the private key); ``tries``,
+            ``wrong_predictions`` (one per wrong key on this output), ``samples``,
+            ``private_key_right`` and ``wrong_key_right`` (right answers over the
+            test samples), ``chance`` (1 / number of classes), ``class_labels``;
+            ``error`` if Concrete refused the bytes.
+
+        Raises
+        ------
+        StepError
+            Before the server ran, or if the server fails during the check.
         """
+        tries = whole_number("tries", tries, 1, MAX_WRONG_KEY_TRIES)
+        samples = whole_number("samples", samples, 0, MAX_WRONG_KEY_SAMPLES)
         with self._step("the wrong-key demo"):
             output = self._require_server_output()
-            stage = self._require_deployment()
-            intruder_dir = self._new_key_dir(prefix="intruder-")
-            try:
-                result = decrypt_with_fresh_keys(stage.files.directory, intruder_dir, output.ciphertext)
-            finally:
-                shutil.rmtree(intruder_dir, ignore_errors=True)
-            return {
-                "decrypted": result.decrypted,
-                "prediction": result.prediction,
-                "probabilities": None if result.probabilities is None
-                else [float(p) for p in result.probabilities],
-                "raw_scores": None if result.decrypted_scores is None
-                else [int(s) for s in result.decrypted_scores],
-                "error": result.error,
+            keys, stage, model = self._require_keys(), self._require_deployment(), self._require_model()
+            real = keys.client.decrypt(output.ciphertext)
+            labels = [int(c) for c in stage.compiled.info.classes]
+            first = self._decrypt_with_fresh_keys(stage, output.ciphertext)
+            summary: dict[str, Any] = {
+                "decrypted": first.decrypted,
+                "prediction": first.prediction,
+                "probabilities": _listed(first.probabilities, float),
+                "raw_scores": _listed(first.decrypted_scores, int),
+                "real_prediction": real.prediction,
+                "real_probabilities": _listed(real.probabilities, float),
+                "real_raw_scores": _listed(real.decrypted_scores, int),
+                "chance": 1 / len(labels),
+                "class_labels": labels,
+                "error": first.error,
             }
+            if first.decrypted:
+                others = (self._decrypt_with_fresh_keys(stage, output.ciphertext) for _ in range(tries - 1))
+                wrong = [first.prediction] + [other.prediction for other in others]
+                dataset = load_dataset(model.dataset)
+                samples = min(samples, len(dataset.X_test))
+                private_right = wrong_right = 0
+                for i in range(samples):
+                    ciphertext = keys.client.encrypt(dataset.X_test[i]).ciphertext
+                    answer, _retried = self._predict(keys, ciphertext)
+                    label = int(dataset.y_test[i])
+                    private_right += int(keys.client.decrypt(answer).prediction == label)
+                    wrong_right += int(self._decrypt_with_fresh_keys(stage, answer).prediction == label)
+                    if progress is not None:
+                        progress(i + 1, samples)
+                summary.update(tries=len(wrong), wrong_predictions=wrong, samples=samples,
+                               private_key_right=private_right, wrong_key_right=wrong_right)
+            self.intruder = IntruderStage(summary)
+            return summary
+
+    def _decrypt_with_fresh_keys(self, stage: CompiledStage, ciphertext: bytes) -> DecryptionResult:
+        intruder_dir = self._new_key_dir(prefix="intruder-")
+        try:
+            return decrypt_with_fresh_keys(stage.files.directory, intruder_dir, ciphertext)
+        finally:
+            shutil.rmtree(intruder_dir, ignore_errors=True)
+
+    def wrong_key_summary(self) -> dict[str, Any] | None:
+        """The current server output's wrong-key demo, if run (see :meth:`decrypt_with_wrong_key`)."""
+        return self.intruder.summary if self.intruder is not None else None
+
+
+def _listed(values: np.ndarray | None, kind: type) -> list | None:
+    return None if values is None else [kind(v) for v in values]

@@ -1,26 +1,109 @@
-"""The live sessions of a running app, by session id, with cleanup."""
+"""The live sessions of a running app, by session id: bounded, swept, and wiped at the end.
+
+Every session's private keys live under one owner-only directory per app
+(``fhe-demo-keys-*`` in the temp directory), and its downloadable files under
+another (``fhe-demo-work-*``). The app holds a lock on both for as long as it
+runs; the kernel releases it however the app ends, so an app that starts
+after another was killed (out of memory, ``kill -9``) finds those directories
+unlocked and deletes them, private keys included.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
+import os
 import shutil
 import tempfile
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 
 from fhe_model.connection import FHEServerHandle
+from fl_training.task import TrainingConfig
+from story.errors import StepError
+from story.resume import Resumptions
 from story.session import DemoSession
+from story.shared_deployments import SharedDeployments
+from story.shared_trainings import SharedTrainings
 
 logger = logging.getLogger(__name__)
 
 #: A session idle for this long is wiped even if the tab never said goodbye.
 DEFAULT_IDLE_TTL_SECONDS = 3600.0
+#: Sessions alive at once (each may hold a model, a compiled circuit, keys and
+#: a batch evaluation's results). Far more than 2 vCPUs serve at once.
+DEFAULT_MAX_SESSIONS = 32
+#: What a visitor past :data:`DEFAULT_MAX_SESSIONS` reads.
+SESSIONS_FULL = (
+    "The demo is at capacity: {count} visitors' sessions are open right now. Nothing was "
+    "started for you; please retry in a few minutes (idle sessions close after {ttl} minutes)."
+)
+#: Prefixes of the app's directories in the temp directory.
+KEYS_ROOT_PREFIX = "fhe-demo-keys-"
+WORK_ROOT_PREFIX = "fhe-demo-work-"
+#: An unlocked root younger than this may be one another app is creating right now.
+_STALE_GRACE_SECONDS = 60.0
+
+
+def _lock_dir(path: Path) -> int:
+    """Hold an exclusive lock on ``path`` for as long as the returned descriptor stays open."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return fd
+
+
+def remove_stale_roots(temp_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Delete the key and work directories of apps that ended without cleaning up.
+
+    A directory is stale when it is ours (same user, a real directory, not a
+    link), no running app holds its lock, and it is older than a minute.
+
+    Parameters
+    ----------
+    temp_dir : path-like, optional
+        Where apps create them (default: the system temp directory).
+
+    Returns
+    -------
+    list of Path
+        What was deleted.
+    """
+    removed = []
+    root = Path(temp_dir or tempfile.gettempdir())
+    now = time.time()
+    for path in root.iterdir():
+        if not path.name.startswith((KEYS_ROOT_PREFIX, WORK_ROOT_PREFIX)):
+            continue
+        try:
+            info = path.lstat()
+            if not path.is_dir() or path.is_symlink() or info.st_uid != os.getuid():
+                continue
+            if now - info.st_mtime < _STALE_GRACE_SECONDS:
+                continue
+            fd = _lock_dir(path)
+        except OSError:  # locked by a running app, or gone meanwhile
+            continue
+        try:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+        finally:
+            os.close(fd)
+    if removed:
+        logger.warning("removed %d directories left by an app that did not shut down: %s",
+                       len(removed), ", ".join(p.name for p in removed))
+    return removed
 
 
 class SessionRegistry:
     """The live sessions of one app, by session id, with cleanup.
+
+    Sessions share the app's trainings (:attr:`trainings`: equal settings run
+    once) and compiled deployments (:attr:`deployments`); each keeps its own
+    keys and files.
 
     Parameters
     ----------
@@ -29,17 +112,42 @@ class SessionRegistry:
     idle_ttl_seconds : float
         A session unused for this long is wiped (the backstop for tabs whose
         close was never reported).
+    max_sessions : int
+        Sessions with an id alive at once; past it, :meth:`resolve` first
+        wipes idle ones, then refuses new sessions with :data:`SESSIONS_FULL`.
+    temp_dir : path-like, optional
+        Where the key and work directories go (default: the system temp
+        directory); stale ones found there are deleted first.
+    clock : callable, optional
+        Monotonic time source of the idle TTL (injectable for tests).
     """
 
-    def __init__(self, server: FHEServerHandle, idle_ttl_seconds: float = DEFAULT_IDLE_TTL_SECONDS):
+    def __init__(
+        self,
+        server: FHEServerHandle,
+        idle_ttl_seconds: float = DEFAULT_IDLE_TTL_SECONDS,
+        max_sessions: int = DEFAULT_MAX_SESSIONS,
+        temp_dir: str | os.PathLike | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.server = server
         self.idle_ttl_seconds = idle_ttl_seconds
+        self.max_sessions = max_sessions
+        self._clock = clock
+        remove_stale_roots(temp_dir)
         #: Parent of every session's private-key directory; never served.
-        self.keys_root = Path(tempfile.mkdtemp(prefix="fhe-demo-keys-"))
+        self.keys_root = Path(tempfile.mkdtemp(prefix=KEYS_ROOT_PREFIX, dir=temp_dir))
         #: Parent of every session's directory of downloadable files (served
         #: only through the copies handlers return).
-        self.work_root = Path(tempfile.mkdtemp(prefix="fhe-demo-work-"))
+        self.work_root = Path(tempfile.mkdtemp(prefix=WORK_ROOT_PREFIX, dir=temp_dir))
+        self._root_locks = [_lock_dir(self.keys_root), _lock_dir(self.work_root)]
+        #: Trainings shared by sessions with equal settings.
+        self.trainings = SharedTrainings()
+        #: Compiled deployments shared by sessions with the same model and settings.
+        self.deployments = SharedDeployments(server, self.work_root / "deployments")
         self._sessions: dict[str, DemoSession] = {}
+        #: Sessions of closed pages, kept for a while so that a reload resumes them (story.resume).
+        self.resumptions = Resumptions()
         #: Every live session, with or without an id, so that shutdown wipes them all.
         self._all: weakref.WeakSet[DemoSession] = weakref.WeakSet()
         self._all_lock = threading.Lock()
@@ -47,9 +155,24 @@ class SessionRegistry:
         self._sweeper: threading.Thread | None = None
         self._stop = threading.Event()
 
+    def prepare(self, config: TrainingConfig) -> None:
+        """Warm the training runtime and train ``config`` in the background (the app's defaults at launch).
+
+        Parameters
+        ----------
+        config : TrainingConfig
+            Settings most visitors will send untouched.
+        """
+        from fl_training import simulation
+
+        simulation.prepare()
+        self.trainings.prefetch(config)
+
     def new_session(self) -> DemoSession:
         """A session not tied to an id (tests, scripts); :meth:`close_all` wipes it too."""
-        session = DemoSession(self.server, self.keys_root, self.work_root)
+        session = DemoSession(self.server, self.keys_root, self.work_root,
+                              trainings=self.trainings, deployments=self.deployments)
+        session.last_used = self._clock()
         with self._all_lock:
             self._all.add(session)
         return session
@@ -69,17 +192,56 @@ class SessionRegistry:
         -------
         DemoSession
             The session; a closed one is returned as is (its steps explain).
+
+        Raises
+        ------
+        StepError
+            If a new session would exceed ``max_sessions`` (nothing is created).
         """
         self._ensure_sweeper()
         with self._lock:
             if session is None and session_id is not None:
                 session = self._sessions.get(session_id)
+            known = session is not None and any(s is session for s in self._sessions.values())
+            if session_id is not None and not known and (session is None or not session.closed):
+                self._make_room_locked()
             if session is None:
                 session = self.new_session()
             if session_id is not None and not session.closed:
                 self._sessions[session_id] = session
-        session.last_used = time.monotonic()
+        session.last_used = self._clock()
         return session
+
+    def _make_room_locked(self) -> None:
+        if len(self._sessions) < self.max_sessions:
+            return
+        for session in self._pop_idle_locked():
+            session.close()
+        if len(self._sessions) >= self.max_sessions:
+            logger.warning("refused a new session: %d sessions open", len(self._sessions))
+            raise StepError(SESSIONS_FULL.format(count=len(self._sessions),
+                                                 ttl=round(self.idle_ttl_seconds / 60)))
+
+    def _pop_idle_locked(self) -> list[DemoSession]:
+        now = self._clock()
+        stale = [
+            sid for sid, s in self._sessions.items()
+            if s.closed or (not s.busy and now - s.last_used > self.idle_ttl_seconds)
+        ]
+        return [self._sessions.pop(sid) for sid in stale]
+
+    def get(self, session_id: str | None) -> DemoSession | None:
+        """The open session of ``session_id``, if any (nothing is created)."""
+        with self._lock:
+            session = self._sessions.get(session_id) if session_id is not None else None
+        return session if session is not None and not session.closed else None
+
+    def detach(self, session_id: str | None) -> DemoSession | None:
+        """Forget ``session_id`` and return its session, still open (the caller parks or closes it)."""
+        if session_id is None:
+            return None
+        with self._lock:
+            return self._sessions.pop(session_id, None)
 
     def close(self, session_id: str | None) -> None:
         """Wipe the session of ``session_id`` (tab closed).
@@ -104,13 +266,8 @@ class SessionRegistry:
         int
             Number of sessions wiped.
         """
-        now = time.monotonic()
         with self._lock:
-            stale = [
-                sid for sid, s in self._sessions.items()
-                if not s.busy and now - s.last_used > self.idle_ttl_seconds
-            ]
-            sessions = [self._sessions.pop(sid) for sid in stale]
+            sessions = self._pop_idle_locked()
         for session in sessions:
             session.close()
         return len(sessions)
@@ -147,3 +304,7 @@ class SessionRegistry:
             session.close()
         shutil.rmtree(self.keys_root, ignore_errors=True)
         shutil.rmtree(self.work_root, ignore_errors=True)
+        for fd in self._root_locks:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._root_locks = []

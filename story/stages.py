@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from fhe_model.client import DecryptionResult, EncryptionResult, FHEClient, KeygenResult
     from fhe_model.connection import RemoteDeployment, RemoteKeys
     from fhe_model.developer import CompiledModel, DeploymentFiles
+    from story.shared_deployments import Lease
 
 
 @dataclass(frozen=True)
@@ -41,21 +42,49 @@ class ModelStage:
 
 @dataclass
 class CompiledStage:
-    """A compiled model, its deployment files (public: no key material) and its copy on the server."""
+    """A compiled model, its deployment files (public: no key material) and its copy on the server.
 
-    compiled: CompiledModel
-    files: DeploymentFiles
-    remote: RemoteDeployment
+    All three may be shared with other sessions that compiled the same model
+    at the same settings; ``lease`` gives them back. ``resumed`` marks the
+    deployment a reloaded page took over from its previous session.
+    """
+
+    lease: Lease
+    resumed: bool = False
+
+    @property
+    def compiled(self) -> CompiledModel:
+        return self.lease.compiled
+
+    @property
+    def files(self) -> DeploymentFiles:
+        return self.lease.files
+
+    @property
+    def remote(self) -> RemoteDeployment:
+        return self.lease.remote
+
+    @property
+    def shared(self) -> bool:
+        """Another participant compiled it first (this visitor's own reloaded page does not count)."""
+        return self.lease.shared and not self.resumed
 
 
 @dataclass
 class KeyStage:
-    """This session's keys: the private key stays in ``key_dir``, the server has ``remote``'s key id."""
+    """This session's keys: the private key stays in ``key_dir``, the server has ``remote``'s key id.
+
+    ``seconds`` is the whole step as the visitor waits for it: loading
+    ``client.zip``, generating the keys and uploading the evaluation keys.
+    """
 
     client: FHEClient
     keygen: KeygenResult
     key_dir: Path
     remote: RemoteKeys
+    seconds: float = 0.0
+    setup_seconds: float = 0.0
+    reason: str = "requested"  # or "page reloaded"
 
     @property
     def key_id(self) -> str:
@@ -86,6 +115,19 @@ class ServerStage:
     retried: bool = False
 
 
+@dataclass(frozen=True)
+class IntruderStage:
+    """What fresh (wrong) keys made of the server's output, beside what the private key makes of it.
+
+    Attributes
+    ----------
+    summary : dict
+        As :meth:`story.inference.InferenceSteps.decrypt_with_wrong_key` returns it.
+    """
+
+    summary: dict[str, Any]
+
+
 @dataclass
 class DecryptedStage:
     """The decrypted result beside the clear model's."""
@@ -109,6 +151,9 @@ class Progress:
     dataset: str | None = None
     accuracy: float | None = None
     n_bits: int | None = None
+    #: Grows whenever any record of the session is stored or dropped: two
+    #: progress reports with the same revision describe the same session state.
+    revision: int = 0
 
     def steps(self) -> list[tuple[str, bool]]:
         """``(name, done)`` for each step, in the order of the story."""

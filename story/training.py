@@ -10,10 +10,13 @@ from typing import Any
 
 from fl_training.datasets import load_dataset
 from fl_training.model_io import check_model_fits, load_model, save_model
+from fl_training.runtime import QueueStatus
 from fl_training.server_app import RoundRecord
+from fl_training.simulation import TrainingResult
 from fl_training.task import TrainingConfig, baseline_accuracy, partition_indices
 from story.base import SessionCore
 from story.errors import StepError
+from story.shared_trainings import Joined
 from story.stages import Baseline, ModelStage
 
 logger = logging.getLogger(__name__)
@@ -22,8 +25,14 @@ logger = logging.getLogger(__name__)
 class TrainingSteps(SessionCore):
     """Tab 1's steps: :meth:`train` and :meth:`use_uploaded_model`."""
 
-    def train(self, cfg: TrainingConfig) -> Iterator[Baseline | RoundRecord | dict[str, Any]]:
+    def train(
+        self, cfg: TrainingConfig
+    ) -> Iterator[Baseline | Joined | QueueStatus | RoundRecord | dict[str, Any]]:
         """Run federated training with Flower, yielding each round as it ends.
+
+        A run with equal settings (seed included) that another visitor started
+        is joined rather than run again, and a finished one comes back from the
+        app's cache; the model is the same, the session's files are its own.
 
         Parameters
         ----------
@@ -35,12 +44,16 @@ class TrainingSteps(SessionCore):
         ------
         Baseline
             First: the accuracy of a centrally trained model, for comparison.
+        Joined
+            If the run is shared with another visitor (then its rounds so far follow at once).
+        QueueStatus
+            While the run waits for its turn (place in the queue, estimated wait).
         RoundRecord
             One per round (round 0: the initial model).
         dict
             Last: the summary (``accuracy``, ``rounds``, ``clients``, ``seconds``,
-            ``history``, ``baseline_accuracy``; ``epsilon``/``delta`` under DP).
-            The session's model is replaced only then.
+            ``history``, ``baseline_accuracy``, ``shared``; ``epsilon``/``delta``
+            under DP). The session's model is replaced only then.
 
         Raises
         ------
@@ -49,8 +62,6 @@ class TrainingSteps(SessionCore):
         fl_training.validation.InvalidParameterError
             If the settings do not fit the dataset (before anything slow starts).
         """
-        from fl_training.simulation import TrainingResult, stream_training
-
         with self._step("training"):
             dataset = load_dataset(cfg.dataset)
             partition_indices(cfg)  # refuse impossible partitions before anything slow
@@ -64,12 +75,15 @@ class TrainingSteps(SessionCore):
                 baseline = None
             yield Baseline(baseline)
             result: TrainingResult | None = None
+            joined: Joined | None = None
             try:
-                for item in stream_training(cfg):
+                for item in self._trainings.stream(cfg):
                     if isinstance(item, TrainingResult):
                         result = item
-                    else:
-                        yield item
+                        continue
+                    if isinstance(item, Joined):
+                        joined = item
+                    yield item
             except RuntimeError as exc:
                 raise StepError(f"Training failed: {exc}") from exc
             if result is None:
@@ -77,6 +91,9 @@ class TrainingSteps(SessionCore):
             summary = result.summary()
             summary["baseline_accuracy"] = baseline
             summary["source"] = "federated"
+            summary["shared"] = joined is not None
+            if joined is not None:
+                summary["joined_at_round"] = None if joined.finished else joined.at_round
             model_file = save_model(result.model, self._new_public_dir() / "federated_model.skops")
             self._replace_model(ModelStage(result.model, dataset.name, "federated", summary, model_file))
             yield summary

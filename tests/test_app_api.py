@@ -29,7 +29,7 @@ def test_every_endpoint_has_defaults_and_the_documented_parameters(client):
     expected = {
         "/train": ["dataset", "num_clients", "num_rounds", "partitioning", "alpha", "classes_per_client",
                    "strategy", "local_epochs", "seed", "differential_privacy", "noise_multiplier",
-                   "clipping_norm"],
+                   "clipping_norm", "secure_aggregation"],
         "/compile": ["n_bits", "calibration"],
         "/keygen": [],
         "/encrypt": ["sample_index", "source", "drawing"],

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -180,18 +185,81 @@ def test_handle_from_env(monkeypatch, server, admin_token):
     assert not handle.started
 
 
-def test_local_handle_starts_and_stops_its_own_server(digits_deployment, keyed_client):
+def _process_text(pid: int, name: str) -> str:
+    return Path(f"/proc/{pid}/{name}").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+
+
+def _wait_gone(pid: int, timeout: float = 30) -> bool:
+    import psutil
+
+    try:
+        psutil.Process(pid).wait(timeout)
+    except psutil.NoSuchProcess:
+        pass
+    except psutil.TimeoutExpired:
+        return False
+    return True
+
+
+def test_local_handle_runs_its_server_in_a_process_of_its_own(digits_deployment, keyed_client):
     handle = FHEServerHandle()
     try:
-        assert not handle.is_external
+        assert not handle.is_external and handle.pid is None
         deployment = RemoteDeployment(
             handle, digits_deployment.files.server_zip, digits_deployment.files.client_zip
         )
         keys = RemoteKeys(deployment, keyed_client.evaluation_keys)  # starts the server
-        assert handle.started and handle.admin_token
+        pid = handle.pid
+        assert handle.started and pid is not None and pid != os.getpid()
+        assert "fhe_model serve" in _process_text(pid, "cmdline")
+        token = handle.admin_token
+        for where in ("cmdline", "environ"):  # what `ps` and /proc show to anyone on the host
+            assert token not in _process_text(pid, where), where
+        assert token not in repr(handle) and token not in repr(handle._process)
         x = digits_deployment.dataset.X_test[6]
         output, retried = keys.predict(keyed_client.encrypt(x).ciphertext)
         assert not retried and _prediction(keyed_client, output) == digits_deployment.expected(x)[0]
     finally:
         handle.stop()
-    assert not handle.started
+    assert not handle.started and _wait_gone(pid, timeout=1)
+
+
+def test_a_local_server_that_died_is_started_again_and_sessions_upload_again(digits_deployment,
+                                                                               keyed_client):
+    handle = FHEServerHandle()
+    try:
+        deployment = RemoteDeployment(
+            handle, digits_deployment.files.server_zip, digits_deployment.files.client_zip
+        )
+        keys = RemoteKeys(deployment, keyed_client.evaluation_keys)
+        first_pid, first_url = handle.pid, handle.url
+        os.kill(first_pid, signal.SIGKILL)  # as the kernel's OOM killer would
+        assert _wait_gone(first_pid)
+        x = digits_deployment.dataset.X_test[7]
+        output, retried = keys.predict(keyed_client.encrypt(x).ciphertext)
+        assert retried and _prediction(keyed_client, output) == digits_deployment.expected(x)[0]
+        assert handle.pid != first_pid and handle.url != first_url
+    finally:
+        handle.stop()
+
+
+def test_the_local_server_ends_with_its_owner_even_when_the_owner_is_killed(tmp_path):
+    script = (
+        "import sys\n"
+        "from fhe_model.connection import FHEServerHandle\n"
+        "handle = FHEServerHandle()\n"
+        "handle.start()\n"
+        "print(handle.pid, flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    owner = subprocess.Popen([sys.executable, "-c", script], cwd=root, stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        server_pid = int(owner.stdout.readline())
+        assert Path(f"/proc/{server_pid}").exists()
+        owner.kill()  # no cleanup code runs in the owner
+        owner.wait(30)
+        assert _wait_gone(server_pid), "the FHE server outlived the process that owned it"
+    finally:
+        owner.kill()

@@ -1,6 +1,7 @@
-"""The same Flower App on Flower's Deployment Engine: a SuperLink and two
-SuperNodes on loopback, driven by ``flwr run``."""
+"""The same Flower App on Flower's Deployment Engine: a SuperLink and SuperNodes on loopback,
+driven by ``flwr run``, in the clear and with secure aggregation."""
 
+import contextlib
 import os
 import signal
 import socket
@@ -34,17 +35,19 @@ def _wait_for_port(port: int, timeout: float = 60) -> None:
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
 
 
-@pytest.fixture
-def federation(tmp_path):
+@contextlib.contextmanager
+def loopback_federation(workdir: Path, partitions: int, nodes: int):
+    """A SuperLink and ``nodes`` SuperNodes (partitions 0 … nodes-1 of ``partitions``); yields flwr's env."""
+    home = workdir / "flwr-home"
+    home.mkdir(parents=True)
     env = {
         **os.environ,
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        "FLWR_HOME": str(tmp_path / "flwr-home"),
+        "FLWR_HOME": str(home),
         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
     }
     link_port = _free_port()
-    (tmp_path / "flwr-home").mkdir()
-    (tmp_path / "flwr-home" / "config.toml").write_text(
+    (home / "config.toml").write_text(
         f'[superlink]\ndefault = "loopback"\n\n[superlink.loopback]\n'
         f'address = "127.0.0.1:{link_port}"\ninsecure = true\n'
     )
@@ -53,43 +56,89 @@ def federation(tmp_path):
     def start(*args, log):
         procs.append(
             subprocess.Popen(
-                [str(BIN / args[0]), *args[1:]], cwd=tmp_path, env=env,
-                stdout=open(tmp_path / log, "w"), stderr=subprocess.STDOUT, start_new_session=True,
+                [str(BIN / args[0]), *args[1:]], cwd=workdir, env=env,
+                stdout=open(workdir / log, "w"), stderr=subprocess.STDOUT, start_new_session=True,
             )
         )
 
-    start("flower-superlink", "--insecure", "--host", "127.0.0.1", "--port", str(link_port), log="link.log")
-    _wait_for_port(link_port)
-    for i in range(2):
-        start(
-            "flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{link_port}",
-            "--host", "127.0.0.1", "--port", str(_free_port()),
-            "--node-config", f"partition-id={i} num-partitions=2", log=f"node{i}.log",
-        )
-    yield env
-    for p in procs:
-        try:
-            os.killpg(p.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    for p in procs:
-        try:
-            p.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
+    try:
+        start("flower-superlink", "--insecure", "--host", "127.0.0.1", "--port", str(link_port),
+              log="link.log")
+        _wait_for_port(link_port)
+        for i in range(nodes):
+            start(
+                "flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{link_port}",
+                "--host", "127.0.0.1", "--port", str(_free_port()),
+                "--node-config", f"partition-id={i} num-partitions={partitions}", log=f"node{i}.log",
+            )
+        yield env
+    finally:
+        for p in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
 
 
-def test_flwr_run_on_a_superlink_with_two_supernodes_writes_a_working_model(federation, tmp_path):
-    output = tmp_path / "model.skops"
-    run_config = f"dataset='digits' num-server-rounds=2 num-clients=2 output='{output}'"
+def flwr_run(env: dict, run_config: str, timeout: float = 600) -> tuple[subprocess.CompletedProcess, str]:
     proc = subprocess.run(
         [str(BIN / "flwr"), "run", str(ROOT), "loopback", "--run-config", run_config, "--stream"],
-        env=federation, capture_output=True, text=True, timeout=600,
+        env=env, capture_output=True, text=True, timeout=timeout,
     )
-    logs = proc.stdout + proc.stderr
+    return proc, proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def two_supernodes(tmp_path_factory):
+    with loopback_federation(tmp_path_factory.mktemp("federation"), partitions=2, nodes=2) as env:
+        yield env
+
+
+@pytest.fixture(scope="module")
+def clear_run(two_supernodes, tmp_path_factory):
+    """A run in the clear whose run config leaves num-clients out: the SuperNodes say how many."""
+    output = tmp_path_factory.mktemp("clear") / "model.skops"
+    proc, logs = flwr_run(two_supernodes, f"dataset='digits' num-server-rounds=1 output='{output}'")
+    return proc, logs, output
+
+
+def test_flwr_run_without_num_clients_trains_on_the_connected_supernodes(clear_run):
+    proc, logs, output = clear_run
     assert proc.returncode == 0, logs[-3000:]
-    assert "round 2: accuracy" in logs
+    assert "Federation ready: 2 SuperNodes" in logs
+    assert "aggregation in the clear" in logs and "round 1: accuracy" in logs
     model = load_model(output)
     d = load_dataset("digits")
     assert model.coef_.shape == (10, 64)
     assert model.score(d.X_test, d.y_test) > 0.85
+
+
+def test_secure_aggregation_on_the_deployment_engine_matches_the_clear_run(
+    two_supernodes, clear_run, tmp_path
+):
+    output = tmp_path / "secure.skops"
+    run_config = (f"dataset='digits' num-server-rounds=1 num-clients=2 secure-aggregation=true "
+                  f"output='{output}'")
+    proc, logs = flwr_run(two_supernodes, run_config)
+    assert proc.returncode == 0, logs[-3000:]
+    assert "secure aggregation (SecAgg+)" in logs and "round 1: accuracy" in logs
+    d = load_dataset("digits")
+    secure, clear = load_model(output), load_model(clear_run[2])
+    assert abs(secure.score(d.X_test, d.y_test) - clear.score(d.X_test, d.y_test)) <= 0.005
+    # The same model up to SecAgg+'s quantization (weights are in raw-feature units here).
+    assert abs(secure.coef_ - clear.coef_).max() <= 1e-3 * abs(clear.coef_).max()
+
+
+def test_a_run_whose_supernodes_never_arrive_fails_clearly_within_the_wait(tmp_path):
+    with loopback_federation(tmp_path, partitions=2, nodes=1) as env:
+        start = time.monotonic()
+        # Long enough for the one SuperNode to start its ClientApp and say which partition it holds.
+        proc, logs = flwr_run(env, "dataset='digits' num-server-rounds=1 node-wait-seconds=20", timeout=180)
+        elapsed = time.monotonic() - start
+    assert "Waiting for SuperNodes: 1 of 2 partitions have a SuperNode" in logs, logs[-3000:]
+    assert "Gave up after 20 s waiting for the SuperNodes" in logs and "missing partition 1" in logs
+    assert "round 1: accuracy" not in logs
+    assert elapsed < 90, f"the run took {elapsed:.0f} s to give up"

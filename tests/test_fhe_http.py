@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import socket
-import time
+import threading
 from urllib.parse import urlsplit
 
 import httpx
@@ -14,6 +14,7 @@ from fhe_model.client import FHEClient
 from fhe_model.evaluation import default_workers, evaluate_encrypted, http_server_call
 from fhe_model.http_client import FHEServerClient, FHEServerError
 from fhe_model.http_server import HTTPSettings, start_local_server
+from fhe_model.server import FHEServer
 
 pytest_plugins = ["tests.fhe_fixtures"]
 
@@ -225,53 +226,75 @@ def test_uploads_disabled_without_token(digits_deployment):
         _assert_json_error(http.get("/client.zip"), 404, "no default deployment")
 
 
-def test_saturated_server_answers_503_then_recovers(digits_deployment, keyed_client):
-    settings = HTTPSettings(max_concurrent_requests=1, workers=1, body_timeout_seconds=1.5)
-    with start_local_server(digits_deployment.files.directory, settings=settings) as handle, \
-            FHEServerClient(handle.url, busy_retries=0) as api:
+class GatedServer(FHEServer):
+    """A real server whose circuit runs wait for the test's go: compute slots stay taken on demand."""
+
+    def __init__(self, directory):
+        super().__init__()
+        self.add_deployment_dir(directory)
+        self.running = threading.Event()
+        self.go = threading.Event()
+
+    def run(self, key_id: str, ciphertext: bytes) -> bytes:
+        self.running.set()
+        assert self.go.wait(60), "the test never let the circuit run"
+        return super().run(key_id, ciphertext)
+
+
+@pytest.fixture()
+def gated(digits_deployment):
+    gated = GatedServer(digits_deployment.files.directory)
+    settings = HTTPSettings(max_concurrent_requests=1, workers=1)
+    with start_local_server(fhe_server=gated, settings=settings) as handle:
+        yield gated, handle
+        gated.go.set()
+
+
+def test_a_busy_server_answers_503_at_once_then_recovers(gated, digits_deployment, keyed_client):
+    gated_server, handle = gated
+    with FHEServerClient(handle.url, busy_retries=0) as api:
         key_id = api.upload_keys(keyed_client.evaluation_keys)
-        # Hold the only slot: headers sent, body never completed.
-        held = _raw_request(handle.url, f"POST /predict?key_id={key_id} HTTP/1.1\r\nHost: x\r\n"
-                            "Content-Length: 1000\r\n\r\n", b"partial")
-        try:
-            deadline = time.monotonic() + 10
-            while api.health()["requests_in_progress"] < 1 and time.monotonic() < deadline:
-                time.sleep(0.01)
-            x = digits_deployment.dataset.X_test[4]
-            ciphertext = keyed_client.encrypt(x).ciphertext
-            with pytest.raises(FHEServerError, match="busy") as excinfo:
-                api.predict(key_id, ciphertext)
-            assert excinfo.value.status_code == 503
-            assert api.health()["status"] == "ok"  # not behind the limit
-            assert _read_status(held) == 408  # the stalled upload times out and frees its slot
-        finally:
-            held.close()
+        x = digits_deployment.dataset.X_test[4]
+        ciphertext = keyed_client.encrypt(x).ciphertext
+        outputs: list[bytes] = []
+        first = threading.Thread(target=lambda: outputs.append(api.predict(key_id, ciphertext)))
+        first.start()
+        assert gated_server.running.wait(30)  # the only compute slot is taken
+        with pytest.raises(FHEServerError, match="busy") as excinfo:
+            api.predict(key_id, ciphertext)
+        assert excinfo.value.status_code == 503
+        assert api.health()["status"] == "ok"  # not behind the limit
+        gated_server.go.set()
+        first.join(60)
         expected = digits_deployment.expected(x[None])[0]
+        assert keyed_client.decrypt(outputs[0]).prediction == expected
         assert keyed_client.decrypt(api.predict(key_id, ciphertext)).prediction == expected
 
 
-def test_busy_retries_in_the_http_client(digits_deployment, keyed_client):
-    settings = HTTPSettings(max_concurrent_requests=1, workers=1, body_timeout_seconds=0.5)
-    with start_local_server(digits_deployment.files.directory, settings=settings) as handle, \
+def test_busy_retries_in_the_http_client(gated, digits_deployment, keyed_client, monkeypatch):
+    import fhe_model.http_client
+
+    gated_server, handle = gated
+    waits: list[float] = []
+
+    def wait_then_free_the_slot(seconds: float) -> None:
+        waits.append(seconds)  # the client was told "busy" and waits its Retry-After...
+        gated_server.go.set()  # ...meanwhile the request holding the slot completes
+        first.join(60)
+
+    with FHEServerClient(handle.url, busy_retries=0) as holder, \
             FHEServerClient(handle.url, busy_retries=5) as api:
         key_id = api.upload_keys(keyed_client.evaluation_keys)
-        held = _raw_request(handle.url, f"POST /predict?key_id={key_id} HTTP/1.1\r\nHost: x\r\n"
-                            "Content-Length: 1000\r\n\r\n", b"partial")
-        try:
-            deadline = time.monotonic() + 10
-            while api.health()["requests_in_progress"] < 1 and time.monotonic() < deadline:
-                time.sleep(0.01)
-            x = digits_deployment.dataset.X_test[5]
-            ciphertext = keyed_client.encrypt(x).ciphertext
-            start = time.monotonic()
-            # Busy at first; a retry succeeds once the held slot times out.
-            output = api.predict(key_id, ciphertext)
-            waited = time.monotonic() - start
-            assert _read_status(held) == 408
-        finally:
-            held.close()
-        assert waited >= 0.4  # at least one 503 + Retry-After wait happened
-        assert keyed_client.decrypt(output).prediction == digits_deployment.expected(x[None])[0]
+        x = digits_deployment.dataset.X_test[5]
+        ciphertext = keyed_client.encrypt(x).ciphertext
+        first = threading.Thread(target=holder.predict, args=(key_id, ciphertext))
+        first.start()
+        assert gated_server.running.wait(30)
+        monkeypatch.setattr(fhe_model.http_client.time, "sleep", wait_then_free_the_slot)
+        output = api.predict(key_id, ciphertext)  # busy at first; a retry gets through
+        first.join(60)
+    assert waits and waits[0] > 0
+    assert keyed_client.decrypt(output).prediction == digits_deployment.expected(x[None])[0]
 
 
 def test_unreachable_server_is_a_clear_error():

@@ -19,6 +19,7 @@ from fl_training.datasets import load_dataset
 from fl_training.model_io import (
     MAX_MODEL_FILE_BYTES,
     MAX_MODEL_UNPACKED_BYTES,
+    MAX_SCHEMA_BYTES,
     PICKLE_REFUSED,
     ModelFileError,
     audit_model_file,
@@ -127,7 +128,7 @@ def test_files_naming_other_types_are_refused_before_loading(tmp_path, good):
 def test_archives_that_are_too_big_deep_or_not_skops_are_refused(tmp_path, good):
     bomb = rezip(good, tmp_path / "bomb.skops", {}, {"padding.bin": bytes(MAX_MODEL_UNPACKED_BYTES + 1)})
     assert bomb.stat().st_size < MAX_MODEL_FILE_BYTES  # refused for what it unpacks to, not its size
-    deep = rezip(good, tmp_path / "deep.skops", {"schema.json": b"[" * 100_000 + b"]" * 100_000})
+    deep = rezip(good, tmp_path / "deep.skops", {"schema.json": b"[" * 30_000 + b"]" * 30_000})
     not_skops = tmp_path / "archive.skops"
     with zipfile.ZipFile(not_skops, "w") as archive:
         archive.writestr("model.pkl", b"not read")
@@ -137,13 +138,52 @@ def test_archives_that_are_too_big_deep_or_not_skops_are_refused(tmp_path, good)
         fh.truncate(MAX_MODEL_FILE_BYTES + 1)
 
     for path, message in [
-        (bomb, "unpacks to .* at most 256 files and 64.0 MB"),
+        (bomb, "unpacks to .* at most 16 files and 4.0 MB"),
         (deep, "not a valid skops file"),
         (not_skops, "has no schema.json"),
         (huge, re.escape(f"is 5.0 MB ({MAX_MODEL_FILE_BYTES + 1:,} bytes); model files may be at most")),
     ]:
         with pytest.raises(ModelFileError, match=message):
             load_model(path)
+
+
+def test_a_schema_that_would_blow_up_in_memory_is_refused_unparsed(tmp_path, good):
+    import tracemalloc
+
+    # Parsing `[[],[],...]` costs ~21x its size; 3 MB of it compresses to a few kB.
+    bomb_schema = b"[" + b"[]," * (1024 * 1024) + b"[]]"
+    bomb = rezip(good, tmp_path / "json-bomb.skops", {"schema.json": bomb_schema})
+    assert bomb.stat().st_size < 64 * 1024
+    tracemalloc.start()
+    try:
+        for check in (audit_model_file, load_model):
+            with pytest.raises(ModelFileError, match=r"schema.json is larger than 64.0 KB"):
+                check(bomb)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * 1024 * 1024, f"{peak / 2**20:.1f} MB"
+    # A real LogisticRegression's schema is far below the bound, whatever its dataset.
+    with zipfile.ZipFile(good) as archive:
+        assert archive.getinfo("schema.json").file_size < MAX_SCHEMA_BYTES / 4
+
+
+def test_the_schema_is_parsed_once(monkeypatch, good):
+    import fl_training.model_io
+
+    with zipfile.ZipFile(good) as archive:
+        schema = archive.read("schema.json")
+    parsed = []
+    loads = json.loads
+
+    def counting_loads(text, *args, **kwargs):
+        if text == schema or text == schema.decode():
+            parsed.append(text)
+        return loads(text, *args, **kwargs)
+
+    monkeypatch.setattr(fl_training.model_io.json, "loads", counting_loads)  # the json module, for skops too
+    load_model(good)
+    assert len(parsed) == 1
 
 
 def test_check_model_refuses_what_is_not_a_fitted_finite_classifier():

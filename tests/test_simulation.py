@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -102,21 +103,34 @@ def test_cli_rejects_bad_values_with_a_message():
     assert "num_clients" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def _descendants(pid: int) -> set[int]:
+def _alive(pids: set[int]) -> set[int]:
+    """Those of ``pids`` still running (a zombie has ended; this container's init may never reap it)."""
     import psutil
 
-    return {p.pid for p in psutil.Process(pid).children(recursive=True)}
+    alive = set()
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                alive.add(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
 
 
 def test_closing_the_stream_stops_the_run_and_the_next_one_starts():
-    import os
+    from fl_training.simulation import runtime
 
-    before = _descendants(os.getpid())
     stream = stream_training(TrainingConfig(**{**SMALL, "num_rounds": 20}))
     first = next(stream)
     assert first.round == 0
+    running = runtime().pids
+    assert running, "the run has no worker processes"
     stream.close()  # the user left mid-run
-    leftovers = _descendants(os.getpid()) - before
+    leftovers = _alive(running)
+    deadline = time.monotonic() + 10  # SIGTERM, then SIGKILL after 5 s
+    while leftovers and time.monotonic() < deadline:
+        time.sleep(0.1)
+        leftovers = _alive(leftovers)
     assert not leftovers, f"processes of the aborted run are still alive: {leftovers}"
     assert train(TrainingConfig(**{**SMALL, "num_rounds": 1})).accuracy > 0.5
 

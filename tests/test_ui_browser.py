@@ -16,17 +16,23 @@ import pytest
 
 from tests.app_fixtures import launched_app  # noqa: F401 - fixture
 
-CHROMIUM = Path("/usr/bin/chromium")
+#: Debian's Chromium (``$CHROMIUM_PATH`` overrides it).
+CHROMIUM = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
     "--no-first-run", "--disable-sync",
 ]
+#: In CI (``.ci/run`` sets ``CI``) this test is required: without Chromium it fails, never skips.
+REQUIRED = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+if REQUIRED and not CHROMIUM.exists():
+    pytest.fail(f"CI requires the browser test, but {CHROMIUM} does not exist: apt-get install -y chromium.",
+                pytrace=False)
 
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(
-        not CHROMIUM.exists() and not os.environ.get("CI"),
-        reason="needs Debian's chromium: apt-get install -y chromium (required in CI)",
+        not CHROMIUM.exists(), reason="needs Debian's chromium: apt-get install -y chromium (required in CI)",
     ),
 ]
 

@@ -12,15 +12,21 @@ import gradio as gr
 
 from story import DemoSession, Progress, SessionRegistry
 
-#: Federated trainings run one at a time (Flower's clients take both cores);
-#: queued users see their place. A queue of its own: most of a training is
-#: Ray starting up, and nobody's compile should wait behind someone's training.
-TRAINING = {"concurrency_limit": 1, "concurrency_id": "training"}
-#: Other heavy events (compiling, the n_bits sweep, batch evaluation) share one
-#: worker: on 2 vCPUs, two of them at once only make both slow.
+#: Training handlers mostly wait: the training runtime runs one training at a
+#: time (its Flower clients take both cores) and tells each waiting visitor
+#: their place; visitors with equal settings share one run. So many handlers
+#: may wait at once, and a queue of its own keeps compiles from waiting behind them.
+TRAINING = {"concurrency_limit": 32, "concurrency_id": "training"}
+#: Compiles, one at a time (equal ones are shared, see story.shared_deployments).
+COMPILE = {"concurrency_limit": 1, "concurrency_id": "compile"}
+#: Other heavy events (the n_bits sweep, batch evaluation) share one worker:
+#: on 2 vCPUs, two of them at once only make both slow.
 HEAVY = {"concurrency_limit": 1, "concurrency_id": "heavy"}
 #: The four steps take milliseconds to a second; a few may run at once.
 LIGHT = {"concurrency_limit": 4, "concurrency_id": "light"}
+#: Redrawing panels from the session (no computation): never waits behind a step.
+REFRESH = {"concurrency_limit": 8, "concurrency_id": "refresh", "show_progress": "hidden",
+           "api_visibility": "private"}
 
 #: Gradio spots a progress parameter by its default value; one shared instance
 #: is what a default argument is anyway (the callback is per call, in a context variable).
@@ -69,13 +75,49 @@ class DemoContext:
         session_id = getattr(request, "session_hash", None) if request is not None else None
         return self.registry.resolve(state, session_id)
 
+    def existing_session(self, state: DemoSession | None, request: gr.Request | None) -> DemoSession | None:
+        """The caller's session if it has one (nothing is created: for views that only show)."""
+        if state is not None:
+            return state
+        return self.registry.get(getattr(request, "session_hash", None) if request is not None else None)
+
+
+def outdated(shown: dict[str, int] | None, session: DemoSession | None, step: str) -> bool:
+    """True when a panel showing ``step``'s record (as remembered in ``shown``) is out of date.
+
+    Parameters
+    ----------
+    shown : dict or None
+        A page's memory of what its panels show: step name → serial number
+        (:meth:`story.DemoSession.versions`), 0 for an empty panel.
+    session : DemoSession or None
+        The session (None: nothing to show).
+    step : str
+        e.g. ``"deployment"``.
+    """
+    current = session.versions().get(step, 0) if session is not None else 0
+    return (shown or {}).get(step, 0) != current
+
+
+def remember(shown: dict[str, int] | None, session: DemoSession | None, *steps: str) -> dict[str, int]:
+    """``shown`` updated: the panels of ``steps`` now show the session's current records."""
+    versions = session.versions() if session is not None else {}
+    return {**(shown or {}), **{step: versions.get(step, 0) for step in steps}}
+
+
+class CallerGone(Exception):
+    """Raised into a step's progress callback once its handler has been closed."""
+
 
 def run_in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Iterator[tuple[str, Any]]:
     """Run ``fn(*args, progress=callback, **kwargs)`` in a thread; yield its progress, then its result.
 
     Gradio only streams what a handler yields (``gr.Progress`` does nothing
     from a plain thread), so long calls that report progress through a
-    callback are run beside the handler.
+    callback are run beside the handler. When Gradio drops the event (the
+    visitor cancelled or left) it closes this generator; the next progress
+    callback then raises :class:`CallerGone` in ``fn``, so the work stops
+    instead of running on after its queue slot was freed.
 
     Yields
     ------
@@ -85,10 +127,16 @@ def run_in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Iterator
     """
     events: queue.Queue = queue.Queue()
     outcome: dict[str, Any] = {}
+    gone = threading.Event()
+
+    def report(done: int, total: int) -> None:
+        if gone.is_set():
+            raise CallerGone("Nobody is waiting for this step any more.")
+        events.put((done, total))
 
     def worker() -> None:
         try:
-            outcome["result"] = fn(*args, progress=lambda done, total: events.put((done, total)), **kwargs)
+            outcome["result"] = fn(*args, progress=report, **kwargs)
         except BaseException as exc:  # re-raised in the handler's thread
             outcome["error"] = exc
         finally:
@@ -96,8 +144,11 @@ def run_in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Iterator
 
     thread = threading.Thread(target=worker, name="demo-step", daemon=True)
     thread.start()
-    while (item := events.get()) is not None:
-        yield "progress", item
+    try:
+        while (item := events.get()) is not None:
+            yield "progress", item
+    finally:  # also when the handler is closed mid-step
+        gone.set()
     thread.join()
     if "error" in outcome:
         raise outcome["error"]
@@ -106,6 +157,10 @@ def run_in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Iterator
 
 def pipeline_status(session: DemoSession | None) -> str:
     """One line of markdown: which steps this session has done.
+
+    It ends with an invisible revision marker, so that the line changes
+    (and its ``change`` event fires: every tab then redraws what went out of
+    date) whenever the session does, even when the visible text stays the same.
 
     Parameters
     ----------
@@ -125,4 +180,4 @@ def pipeline_status(session: DemoSession | None) -> str:
                   f"accuracy {progress.accuracy:.1%}")
         if progress.compiled:
             detail += f", compiled at n_bits={progress.n_bits}"
-    return "**This session:** " + " · ".join(parts) + detail
+    return "**This session:** " + " · ".join(parts) + detail + f" <!-- revision {progress.revision} -->"

@@ -11,7 +11,7 @@ import pandas as pd
 from fhe_model.developer import DEFAULT_N_BITS, N_BITS_MAX, N_BITS_MIN, SWEEP_N_BITS, SWEEP_SAMPLES
 from story import DemoSession
 from ui import figures
-from ui.common import HEAVY, DemoContext, lenient, pipeline_status
+from ui.common import COMPILE, HEAVY, REFRESH, DemoContext, lenient, outdated, pipeline_status, remember
 from ui.errors import user_errors
 from ui.files import serve_file
 from ui.formatting import format_bytes
@@ -22,15 +22,12 @@ CALIBRATION_CHOICES = [
     ("Random inputs in the public feature range — the server holds no data", "random"),
 ]
 
-SWEEP_COLUMNS = {
-    "n_bits": "n_bits", "max_bit_width": "bit width", "compile_seconds": "compile s",
-    "accuracy_clear": "clear acc.", "accuracy_fhe_simulated": "FHE acc. (sim.)",
-}
+ACCURACY_COLUMNS = ["model", "accuracy"]
+SWEEP_COLUMNS = ["n_bits", "bit width", "compile (s)", "clear", "FHE (sim.)"]
 
 
 def accuracy_table(summary: dict[str, Any]) -> pd.DataFrame:
     """Clear vs quantized vs FHE-simulated accuracy, one row each."""
-    n = summary["evaluation_samples"]
     return pd.DataFrame(
         [
             ["scikit-learn model (float, clear)", f"{summary['accuracy_clear']:.2%}"],
@@ -38,23 +35,47 @@ def accuracy_table(summary: dict[str, Any]) -> pd.DataFrame:
             ["compiled circuit, FHE-simulated", f"{summary['accuracy_fhe_simulated']:.2%}"],
             ["FHE predictions equal to the clear model's", f"{summary['fhe_clear_agreement']:.2%}"],
         ],
-        columns=[f"model (scored on {n} test samples)", "accuracy"],
+        columns=ACCURACY_COLUMNS,
+    )
+
+
+def sweep_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """The sweep's rows, accuracies in percent."""
+    return pd.DataFrame(
+        [[r["n_bits"], r["max_bit_width"], f"{r['compile_seconds']:.2f}", f"{r['accuracy_clear']:.1%}",
+          f"{r['accuracy_fhe_simulated']:.1%}"] for r in rows],
+        columns=SWEEP_COLUMNS,
     )
 
 
 def compile_markdown(summary: dict[str, Any]) -> str:
     """Compile time, bit width and file sizes."""
-    return (
+    if summary.get("resumed"):
+        origin = "Your compiled model from before the page reload (nothing was compiled again).\n\n"
+    elif summary.get("shared"):
+        origin = ("Another participant compiled this same model at these settings: you share their "
+                  "circuit and server deployment (your keys stay your own).\n\n")
+    else:
+        origin = ""
+    return origin + (
         f"### Compiled in {summary['compile_seconds']:.2f} s "
         f"(+ {summary['conversion_seconds']:.2f} s quantization)\n\n"
         f"Widest encrypted integer in the circuit: **{summary['max_bit_width']} bits** "
-        f"(n_bits = {summary['n_bits']}, calibration: {summary['calibration']}). "
+        f"(n_bits = {summary['n_bits']}, calibration: {summary['calibration']}). Accuracies below: "
+        f"{summary['evaluation_samples']} test samples. "
         f"Every input, even an extreme one, stays in range: "
         f"{'yes ✓' if summary['range_check_passed'] else 'no ⚠'}.\n\n"
         f"`client.zip` {format_bytes(summary['client_zip_bytes'])} "
         "(quantizers and crypto parameters, public) · "
         f"`server.zip` {format_bytes(summary['server_zip_bytes'])} (the circuit)."
     )
+
+
+def waiting_markdown(session: DemoSession | None) -> str:
+    """What the compile panel says before anything is compiled."""
+    if session is None or session.model is None:
+        return "Train or upload a model in tab 1, then press **Compile**."
+    return "Your model is ready: press **Compile**."
 
 
 @dataclass
@@ -69,6 +90,9 @@ class CompilePanel:
     client_zip: gr.File
     server_zip: gr.File
     result_json: gr.JSON
+
+    def result_outputs(self) -> list[gr.components.Component]:
+        return [self.result_json, self.message, self.table, self.client_zip, self.server_zip]
 
 
 @dataclass
@@ -88,14 +112,15 @@ def _compile_panel() -> CompilePanel:
                 CALIBRATION_CHOICES, value="data", label="Calibration inputs (fix the quantization ranges)",
             )
             button = gr.Button("Compile", variant="primary")
-        with gr.Column(scale=3, min_width=360):
-            message = gr.Markdown("Train or upload a model in tab 1, then press **Compile**.")
-            table = gr.Dataframe(label="Accuracy: clear vs FHE", interactive=False)
+        with gr.Column(scale=3, min_width=300):
+            message = gr.Markdown(waiting_markdown(None), elem_classes=["step-result"])
+            table = gr.Dataframe(headers=ACCURACY_COLUMNS, label="Accuracy: clear vs FHE", interactive=False,
+                                 wrap=True, column_widths=["70%", "30%"], elem_classes=["narrow-table"])
     with gr.Row():
-        client_zip = gr.File(
-            label="client.zip (for the client: quantizers, crypto parameters)", interactive=False
-        )
-        server_zip = gr.File(label="server.zip (for the server: the circuit)", interactive=False)
+        client_zip = gr.File(label="client.zip (for the client: quantizers, crypto parameters)",
+                             interactive=False, min_width=240)
+        server_zip = gr.File(label="server.zip (for the server: the circuit)", interactive=False,
+                             min_width=240)
     with gr.Accordion("Compile report (JSON, as the API returns it)", open=False):
         result_json = gr.JSON(label="/compile result")
     return CompilePanel(n_bits, calibration, button, message, table, client_zip, server_zip, result_json)
@@ -109,49 +134,93 @@ def _sweep_panel() -> SweepPanel:
     with gr.Row():
         button = gr.Button("Run the n_bits sweep")
     with gr.Row():
-        plot = gr.Plot(label="Accuracy and bit width vs n_bits", format="png")
-        table = gr.Dataframe(label="Sweep", interactive=False)
+        plot = gr.Plot(label="Accuracy and bit width vs n_bits", format="png", show_label=False,
+                       min_width=300)
+        table = gr.Dataframe(headers=SWEEP_COLUMNS, label="Sweep", interactive=False, wrap=True,
+                             min_width=300, elem_classes=["narrow-table"])
     return SweepPanel(button, plot, table)
 
 
-def _wire_compile(ctx: DemoContext, panel: CompilePanel) -> None:
+def _compile_view(session: DemoSession | None) -> tuple:
+    """The compile panel's values for the session's current deployment (or an empty panel)."""
+    if session is None or session.deployment is None:
+        return None, waiting_markdown(session), pd.DataFrame(columns=ACCURACY_COLUMNS), None, None
+    summary = session.compile_summary()
+    client_zip, server_zip = session.deployment_files
+    # The copies served for download go with this deployment: once it is replaced, they are gone.
+    scope = session.while_current("deployment")
+    return (summary, compile_markdown(summary), accuracy_table(summary), serve_file(scope, client_zip),
+            serve_file(scope, server_zip))
+
+
+def _wire_compile(ctx: DemoContext, panel: CompilePanel, shown: gr.State) -> None:
     @user_errors
     def compile_model(
         n_bits: int = DEFAULT_N_BITS,
         calibration: str = "data",
         state: DemoSession | None = None,
+        seen: dict | None = None,
         request: gr.Request = None,
     ):
         """Compile the session's model (API: /compile)."""
         session = ctx.session(state, request)
-        summary = session.compile(n_bits, calibration)
-        client_zip, server_zip = session.deployment_files
-        return (
-            summary, compile_markdown(summary), accuracy_table(summary),
-            serve_file(session, client_zip), serve_file(session, server_zip), session,
-            pipeline_status(session),
-        )
+        session.compile(n_bits, calibration)
+        return (*_compile_view(session), session, pipeline_status(session),
+                remember(seen, session, "deployment"))
 
     panel.button.click(
-        compile_model, [panel.n_bits, panel.calibration, ctx.state],
-        [panel.result_json, panel.message, panel.table, panel.client_zip, panel.server_zip, ctx.state,
-         ctx.pipeline],
-        api_name="compile", show_progress_on=[panel.message], **HEAVY,
+        compile_model, [panel.n_bits, panel.calibration, ctx.state, shown],
+        [*panel.result_outputs(), ctx.state, ctx.pipeline, shown],
+        api_name="compile", show_progress_on=[panel.message], **COMPILE,
     )
 
 
-def _wire_sweep(ctx: DemoContext, calibration: gr.Radio, panel: SweepPanel) -> None:
+def _wire_sweep(ctx: DemoContext, calibration: gr.Radio, panel: SweepPanel, shown: gr.State) -> None:
     @user_errors
-    def sweep(calibration: str = "data", state: DemoSession | None = None, request: gr.Request = None):
+    def sweep(
+        calibration: str = "data", state: DemoSession | None = None, seen: dict | None = None,
+        request: gr.Request = None,
+    ):
         """Accuracy at several n_bits (API: /n_bits_sweep)."""
         session = ctx.session(state, request)
         rows = session.n_bits_sweep(calibration=calibration)
-        frame = pd.DataFrame(rows).rename(columns=SWEEP_COLUMNS)
-        return figures.n_bits_figure(rows), frame, session
+        # The sweep belongs to the model it was run on: a new model clears it.
+        seen = {**(seen or {}), "sweep": _model(session)}
+        return figures.n_bits_figure(rows), sweep_table(rows), session, seen
 
     panel.button.click(
-        sweep, [calibration, ctx.state], [panel.plot, panel.table, ctx.state],
-        api_name="n_bits_sweep", **HEAVY,
+        sweep, [calibration, ctx.state, shown], [panel.plot, panel.table, ctx.state, shown],
+        api_name="n_bits_sweep", show_progress_on=[panel.plot], **HEAVY,
+    )
+
+
+def _model(session: DemoSession | None) -> int:
+    return session.versions().get("model", 0) if session is not None else 0
+
+
+def _wire_refresh(
+    ctx: DemoContext, compile_panel: CompilePanel, sweep_panel: SweepPanel, shown: gr.State
+) -> None:
+    """Redraw the compile panel when the deployment changed; clear the sweep when the model did."""
+
+    def refresh(state: DemoSession | None, seen: dict | None, request: gr.Request = None):
+        session = ctx.existing_session(state, request)
+        seen = seen or {}
+        compile_values: tuple = (gr.skip(),) * len(compile_panel.result_outputs())
+        if outdated(seen, session, "deployment"):
+            compile_values = _compile_view(session)
+        elif session is None or session.deployment is None:
+            compile_values = (gr.skip(), waiting_markdown(session), gr.skip(), gr.skip(), gr.skip())
+        sweep_values: tuple = (gr.skip(), gr.skip())
+        new_seen = remember(seen, session, "deployment")
+        if seen.get("sweep", 0) not in (0, _model(session)):
+            sweep_values = (None, pd.DataFrame(columns=SWEEP_COLUMNS))
+            new_seen["sweep"] = 0
+        return (*compile_values, *sweep_values, new_seen)
+
+    ctx.pipeline.change(
+        refresh, [ctx.state, shown],
+        [*compile_panel.result_outputs(), sweep_panel.plot, sweep_panel.table, shown], **REFRESH,
     )
 
 
@@ -168,7 +237,9 @@ def build(ctx: DemoContext) -> None:
         "compiles the model into a circuit of encrypted integer operations. Fewer bits → a cheaper "
         "circuit, but a coarser model."
     )
+    shown = gr.State({})
     compile_panel = _compile_panel()
     sweep_panel = _sweep_panel()
-    _wire_compile(ctx, compile_panel)
-    _wire_sweep(ctx, compile_panel.calibration, sweep_panel)
+    _wire_compile(ctx, compile_panel, shown)
+    _wire_sweep(ctx, compile_panel.calibration, sweep_panel, shown)
+    _wire_refresh(ctx, compile_panel, sweep_panel, shown)

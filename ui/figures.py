@@ -2,6 +2,13 @@
 
 Figures are built with matplotlib's object API (no pyplot state), so handlers
 of different sessions can draw at the same time.
+
+Every chart is drawn for a projector and a phone at once: it is
+:data:`FIGURE_WIDTH_INCHES` wide and no text in it is smaller than
+:data:`MIN_FONT_PT`, so text is at least 3.2 % of the chart's width. The page
+shows charts as wide as their column, at most :data:`MAX_DISPLAY_PX` (the
+app's CSS): at 1366 px a chart is 480-760 px wide and its smallest text
+15-24 px; on a 390 px phone it is about 330 px wide and its text 10-11 px.
 """
 
 from __future__ import annotations
@@ -13,15 +20,50 @@ import numpy as np
 from matplotlib.figure import Figure
 
 ACCENT = "#f97316"
+ACCENT_LIGHT = "#fdba74"
 CLEAR = "#2563eb"
 MUTED = "#94a3b8"
+WRONG = "#b91c1c"
+
+#: Width of every chart, and the resolution of its PNG (sharp on phones and projectors).
+FIGURE_WIDTH_INCHES = 5.2
+DPI = 150
+#: The smallest text of any chart (tick labels, legends); titles and axis labels are larger.
+MIN_FONT_PT = 12.0
+LABEL_PT = 13.0
+#: The widest a chart is shown (CSS in app.py), in CSS pixels.
+MAX_DISPLAY_PX = 760
 
 
-def _figure(width: float = 7.0, height: float = 3.2) -> Figure:
-    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
-    # Leave the top strip free: gradio draws the component's label badge over it.
-    fig.get_layout_engine().set(rect=(0, 0, 1, 0.9))
-    return fig
+def _figure(height: float, width: float = FIGURE_WIDTH_INCHES) -> Figure:
+    return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+
+
+def _style(ax: Any, grid: bool = True) -> None:
+    ax.tick_params(labelsize=MIN_FONT_PT)
+    ax.xaxis.label.set_fontsize(LABEL_PT)
+    ax.yaxis.label.set_fontsize(LABEL_PT)
+    ax.title.set_fontsize(LABEL_PT)
+    if grid:
+        ax.grid(alpha=0.3)
+    ax.spines[["top", "right"]].set_visible(False)
+
+
+def _legend(ax: Any, *args: Any, **kwargs: Any) -> Any:
+    kwargs.setdefault("fontsize", MIN_FONT_PT)
+    kwargs.setdefault("frameon", False)
+    legend = ax.legend(*args, **kwargs)
+    if legend.get_title():
+        legend.get_title().set_fontsize(MIN_FONT_PT)
+    return legend
+
+
+def min_font_pt(fig: Figure) -> float:
+    """The size of the smallest visible text in ``fig``, in points (tests check it)."""
+    fig.canvas.draw()  # tick labels exist once drawn
+    sizes = [t.get_fontsize() for t in fig.findobj(lambda a: hasattr(a, "get_fontsize"))
+             if t.get_visible() and getattr(t, "get_text", lambda: "")().strip()]
+    return min(sizes) if sizes else float("inf")
 
 
 def label_distribution_figure(counts: np.ndarray, class_names: Sequence[str]) -> Figure:
@@ -30,18 +72,18 @@ def label_distribution_figure(counts: np.ndarray, class_names: Sequence[str]) ->
     Parameters
     ----------
     counts : ndarray of shape (num_clients, n_classes)
-        From :func:`ui.session.label_distribution`.
+        From :func:`fl_training.task.label_distribution`.
     class_names : sequence of str
         Legend entries.
 
     Returns
     -------
     Figure
-        The chart.
+        The chart, its legend under the bars.
     """
     counts = np.asarray(counts)
     n_clients, n_classes = counts.shape
-    fig = _figure(7.0, 3.0)
+    fig = _figure(3.6)
     ax = fig.add_subplot()
     colors = [_palette(i, n_classes) for i in range(n_classes)]
     bottom = np.zeros(n_clients)
@@ -52,12 +94,12 @@ def label_distribution_figure(counts: np.ndarray, class_names: Sequence[str]) ->
         bottom += counts[:, label]
     ax.set_xlabel("client")
     ax.set_ylabel("training samples")
-    ax.set_ylim(0, max(1, bottom.max()) * 1.08)
-    step = max(1, n_clients // 20)
+    ax.set_ylim(0, max(1, bottom.max()) * 1.05)
+    step = max(1, int(np.ceil(n_clients / 10)))
     ax.set_xticks(x[::step], [str(i) for i in x[::step]])
-    ax.legend(title="label", fontsize=7, title_fontsize=8, ncols=1 if n_classes <= 10 else 2,
-              loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
-    ax.spines[["top", "right"]].set_visible(False)
+    _style(ax, grid=False)
+    _legend(ax, title="label", ncols=min(n_classes, 5), loc="upper center", bbox_to_anchor=(0.5, -0.28),
+            handlelength=1.0, columnspacing=0.8)
     return fig
 
 
@@ -71,7 +113,7 @@ def _palette(i: int, n: int) -> tuple[float, float, float, float]:
 def training_figure(
     history: Sequence[Any], total_rounds: int, baseline_accuracy: float | None = None
 ) -> Figure:
-    """Accuracy and loss of the global model per round, drawn while training runs.
+    """Accuracy (top) and loss (bottom) of the global model per round, drawn while training runs.
 
     Parameters
     ----------
@@ -80,12 +122,12 @@ def training_figure(
     total_rounds : int
         Planned rounds, to fix the x axis from the start.
     baseline_accuracy : float, optional
-        Accuracy of a centrally trained model, drawn as a dashed line.
+        Accuracy of a centrally trained model, drawn as a dotted line.
 
     Returns
     -------
     Figure
-        Two panels: accuracy and loss.
+        Two panels sharing the round axis.
     """
     def get(record: Any, key: str) -> Any:
         return record[key] if isinstance(record, dict) else getattr(record, key)
@@ -94,27 +136,28 @@ def training_figure(
     accuracy = [get(r, "accuracy") for r in history]
     loss = [get(r, "loss") for r in history]
     client_accuracy = [get(r, "client_accuracy") for r in history]
-    fig = _figure(7.5, 3.0)
-    ax_acc, ax_loss = fig.subplots(1, 2)
-    ax_acc.plot(rounds, accuracy, "o-", color=ACCENT, label="global model (server test split)")
+    fig = _figure(4.4)
+    ax_acc, ax_loss = fig.subplots(2, 1, sharex=True, height_ratios=[3, 2])
+    ax_acc.plot(rounds, accuracy, "o-", color=ACCENT, label="global model (server's test split)")
     pairs = [(r, a) for r, a in zip(rounds, client_accuracy, strict=False) if a is not None]
     if pairs:
         client_rounds, client_values = zip(*pairs, strict=True)
         ax_acc.plot(client_rounds, client_values, "s--", color=MUTED, markersize=4,
                     label="clients' own validation")
     if baseline_accuracy is not None:
-        ax_acc.axhline(baseline_accuracy, color=CLEAR, linestyle=":", label="centralized baseline")
+        ax_acc.axhline(baseline_accuracy, color=CLEAR, linestyle=":", label="central baseline")
     ax_acc.set_ylim(0, 1.02)
     ax_acc.set_ylabel("accuracy")
     ax_loss.plot(rounds, loss, "o-", color=ACCENT)
     ax_loss.set_ylabel("log loss")
+    ax_loss.set_xlabel("round")
+    ticks = range(0, max(1, total_rounds) + 1, max(1, int(np.ceil(total_rounds / 8))))
     for ax in (ax_acc, ax_loss):
         ax.set_xlim(-0.3, max(1, total_rounds) + 0.3)
-        ax.set_xlabel("round")
-        ax.set_xticks(range(0, max(1, total_rounds) + 1, max(1, total_rounds // 10)))
-        ax.grid(alpha=0.3)
-        ax.spines[["top", "right"]].set_visible(False)
-    ax_acc.legend(fontsize=7, loc="lower right")
+        ax.set_xticks(list(ticks))
+        _style(ax)
+    if history or baseline_accuracy is not None:
+        _legend(ax_acc, loc="lower right")
     return fig
 
 
@@ -135,7 +178,7 @@ def probabilities_figure(
     clear_probabilities : sequence of float, optional
         The clear scikit-learn model's probabilities.
     title : str, optional
-        Chart title (the UI's component label usually says it already).
+        Chart title (the UI's heading usually says it already).
 
     Returns
     -------
@@ -145,21 +188,74 @@ def probabilities_figure(
     probabilities = np.asarray(probabilities, dtype=float)
     x = np.arange(len(probabilities))
     width = 0.4 if clear_probabilities is not None else 0.7
-    fig = _figure(6.5, 2.8)
+    fig = _figure(3.0)
     ax = fig.add_subplot()
     offset = -width / 2 if clear_probabilities is not None else 0
-    colors = [ACCENT if i == int(np.argmax(probabilities)) else "#fdba74" for i in x]
-    ax.bar(x + offset, probabilities, width, color=colors, label="FHE (decrypted)")
+    colors = [ACCENT if i == int(np.argmax(probabilities)) else ACCENT_LIGHT for i in x]
+    ax.bar(x + offset, probabilities, width, color=colors, label="decrypted (FHE)")
     if clear_probabilities is not None:
         ax.bar(x + width / 2, np.asarray(clear_probabilities, dtype=float), width, color=CLEAR,
                alpha=0.6, label="clear model")
-        ax.legend(fontsize=8)
+        _legend(ax, loc="lower left", bbox_to_anchor=(0, 1.0), ncols=2)
     ax.set_xticks(x, [str(c) for c in class_names], rotation=0 if len(x) <= 10 else 45)
-    ax.set_ylim(0, 1.05)
+    ax.set_ylim(0, 1.1)
     ax.set_ylabel("probability")
+    ax.set_xlabel("class")
     if title:
         ax.set_title(title)
-    ax.spines[["top", "right"]].set_visible(False)
+    _style(ax, grid=False)
+    return fig
+
+
+def wrong_key_figure(result: dict[str, Any], class_names: Sequence[str]) -> Figure:
+    """What wrong keys make of encrypted results, beside what the private key makes of them.
+
+    Parameters
+    ----------
+    result : dict
+        From :meth:`story.DemoSession.decrypt_with_wrong_key`.
+    class_names : sequence of str
+        One per class.
+
+    Returns
+    -------
+    Figure
+        Top: the probabilities decrypted from the current result with the
+        private key and with one wrong key (whose random integers the softmax
+        turns into a confident bar for an arbitrary class). Bottom, when the
+        check ran: right answers over the test samples, private key vs wrong
+        keys, against a blind guess.
+    """
+    real = np.asarray(result["real_probabilities"], dtype=float)
+    wrong = np.asarray(result["probabilities"], dtype=float)
+    x = np.arange(len(real))
+    checked = bool(result.get("samples"))
+    fig = _figure(5.4 if checked else 3.0)
+    if checked:
+        ax_scores, ax_right = fig.subplots(2, 1, height_ratios=[3, 2])
+    else:
+        ax_scores, ax_right = fig.add_subplot(), None
+    ax_scores.bar(x - 0.2, real, 0.4, color=CLEAR, label="private key")
+    ax_scores.bar(x + 0.2, wrong, 0.4, color=WRONG, alpha=0.8, label="a wrong key")
+    ax_scores.set_ylabel("probability")
+    ax_scores.set_xlabel("class")
+    ax_scores.set_ylim(0, 1.05)
+    ax_scores.set_xticks(x, [str(c) for c in class_names], rotation=0 if len(x) <= 10 else 45)
+    _legend(ax_scores, loc="lower left", bbox_to_anchor=(0, 1.0), ncols=2)
+    _style(ax_scores, grid=False)
+    if ax_right is not None:
+        n = result["samples"]
+        shares = [result["private_key_right"] / n, result["wrong_key_right"] / n]
+        bars = ax_right.barh([1, 0], shares, 0.6, color=[CLEAR, WRONG])
+        ax_right.axvline(result["chance"], color="black", linestyle="--", label="blind guess")
+        for bar, share in zip(bars, shares, strict=True):
+            ax_right.annotate(f"{share:.0%}", (bar.get_width(), bar.get_y() + bar.get_height() / 2),
+                              xytext=(4, 0), textcoords="offset points", va="center", fontsize=MIN_FONT_PT)
+        ax_right.set_yticks([1, 0], ["private key", "wrong keys"])
+        ax_right.set_xlim(0, 1.15)
+        ax_right.set_xlabel(f"right answers over {n} test samples")
+        _legend(ax_right, loc="lower right")
+        _style(ax_right, grid=False)
     return fig
 
 
@@ -175,27 +271,78 @@ def n_bits_figure(rows: Sequence[dict[str, Any]]) -> Figure:
     Returns
     -------
     Figure
-        Accuracy on the left axis, the accumulator's bit width on the right.
+        Accuracy on the left axis, the circuit's bit width on the right.
     """
     bits = [r["n_bits"] for r in rows]
-    fig = _figure(7.0, 3.0)
+    fig = _figure(3.6)
     ax = fig.add_subplot()
     ax.plot(bits, [r["accuracy_fhe_simulated"] for r in rows], "o-", color=ACCENT, label="FHE (simulated)")
     ax.plot(bits, [r["accuracy_clear"] for r in rows], "--", color=CLEAR, label="clear model")
-    ax.set_xlabel("n_bits (quantization of inputs and weights)")
+    ax.set_xlabel("n_bits")
     ax.set_ylabel("test accuracy")
     ax.set_ylim(0, 1.02)
     ax.set_xticks(bits)
-    ax.grid(alpha=0.3)
     twin = ax.twinx()
     twin.bar(bits, [r["max_bit_width"] for r in rows], width=0.35, color=MUTED, alpha=0.35,
-             label="circuit bit width")
-    twin.set_ylabel("max bit width (cost grows with it)")
+             label="bit width")
+    twin.set_ylabel("circuit bit width")
     ax.set_zorder(twin.get_zorder() + 1)
     ax.patch.set_visible(False)
+    _style(ax)
+    _style(twin, grid=False)
+    twin.spines["right"].set_visible(True)
     handles = ax.get_legend_handles_labels()
     twin_handles = twin.get_legend_handles_labels()
-    ax.legend(handles[0] + twin_handles[0], handles[1] + twin_handles[1], fontsize=8, loc="lower right")
+    _legend(ax, handles[0] + twin_handles[0], handles[1] + twin_handles[1], loc="lower right")
+    return fig
+
+
+def dp_tradeoff_figure(
+    points: Sequence[dict[str, Any]], no_dp_accuracy: float | None, default_noise: float | None = None
+) -> Figure:
+    """Test accuracy against ε: the price of differential privacy.
+
+    Parameters
+    ----------
+    points : sequence of dict
+        ``noise_multiplier``, ``epsilon``, ``accuracy`` (mean over seeds) and
+        optionally ``accuracy_min`` / ``accuracy_max``.
+    no_dp_accuracy : float or None
+        The same training without DP, drawn as a line.
+    default_noise : float, optional
+        The app's default noise multiplier, circled.
+
+    Returns
+    -------
+    Figure
+        ε on a log axis (left: more privacy), one point per noise multiplier.
+    """
+    points = sorted(points, key=lambda p: p["epsilon"])
+    eps = [p["epsilon"] for p in points]
+    acc = [p["accuracy"] for p in points]
+    fig = _figure(3.8)
+    ax = fig.add_subplot()
+    if all("accuracy_min" in p for p in points):
+        low = [p["accuracy"] - p["accuracy_min"] for p in points]
+        high = [p["accuracy_max"] - p["accuracy"] for p in points]
+        ax.errorbar(eps, acc, yerr=[low, high], fmt="none", ecolor=MUTED, capsize=3)
+    ax.plot(eps, acc, "o-", color=ACCENT, label="with DP")
+    for p in points:
+        ax.annotate(f"σ={p['noise_multiplier']:g}", (p["epsilon"], p["accuracy"]), textcoords="offset points",
+                    xytext=(4, -16), fontsize=MIN_FONT_PT)
+    if default_noise is not None:
+        chosen = [p for p in points if abs(p["noise_multiplier"] - default_noise) < 1e-9]
+        if chosen:
+            ax.plot([chosen[0]["epsilon"]], [chosen[0]["accuracy"]], "o", markersize=14,
+                    markerfacecolor="none", markeredgecolor=CLEAR, markeredgewidth=2, label="default")
+    if no_dp_accuracy is not None:
+        ax.axhline(no_dp_accuracy, color=CLEAR, linestyle=":", label="no DP")
+    ax.set_xscale("log")
+    ax.set_xlabel("ε at δ = 1e-5 (smaller: more privacy)")
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(0, 1.02)
+    _style(ax)
+    _legend(ax, loc="lower right")
     return fig
 
 

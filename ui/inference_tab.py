@@ -11,13 +11,29 @@ import pandas as pd
 
 from fl_training.drawings import drawing_to_features
 from story import DemoSession
+from story.holdings import holdings
 from story.inference import INPUT_SOURCES
 from ui import figures
-from ui.common import LIGHT, DemoContext, lenient, pipeline_status
+from ui.common import LIGHT, PROGRESS, REFRESH, DemoContext, lenient, outdated, pipeline_status, remember
 from ui.errors import USER_ERRORS, user_errors
 from ui.formatting import format_bytes
+from ui.holdings_view import holdings_html
 
 SKETCH_SIZE = 280
+#: Brush width on the 280-pixel sketchpad: a digit drawn across most of it then has
+#: strokes as thick, relative to its size, as MNIST's pen strokes.
+BRUSH_PX = 22
+#: Clicks the sketchpad's brush once it shows, so that drawing starts at once.
+SELECT_BRUSH_JS = """(source) => {
+  if (source === "drawing") {
+    setTimeout(() => {
+      const sketch = document.querySelector("#sketch");
+      const brush = sketch && sketch.querySelector("button[aria-label='Brush'], button[title='Brush']");
+      if (brush) brush.click();
+    }, 400);
+  }
+  return [];
+}"""
 
 
 def _short(identifier: str) -> str:
@@ -32,14 +48,19 @@ def features_table(x: np.ndarray, names: tuple[str, ...], limit: int = 30) -> pd
 
 
 def keygen_markdown(result: dict[str, Any]) -> str:
-    """Step ①'s keys: their sizes and where each one is."""
+    """Step ①'s keys: how long the step took, their sizes and who holds each."""
+    why = ("New keys for this page: it was reloaded, and the previous page's private key was deleted. "
+           if result.get("reason") == "page reloaded" else "")
     return (
-        f"**Keys generated in {result['seconds']:.3f} s** (fresh keys for this session).\n\n"
-        f"| key | size | where it is |\n|---|---|---|\n"
-        f"| private key | {format_bytes(result['private_key_bytes'])} | this session's key directory "
-        f"on the host (owner-only permissions); deleted when you close the tab |\n"
-        f"| evaluation keys | {format_bytes(result['evaluation_key_bytes'])} | sent to the FHE server "
-        f"in {result['upload_seconds']:.3f} s → key id {_short(result['key_id'])} |\n\n"
+        f"{why}**Keys ready in {result['seconds']:.2f} s**: loading client.zip "
+        f"{result['setup_seconds']:.2f} s, generating the keys {result['keygen_seconds']:.3f} s, sending "
+        f"the evaluation keys to the FHE server {result['upload_seconds']:.2f} s (the first time, the "
+        "server also loads the circuit).\n\n"
+        "| key | size | who holds it |\n|---|---|---|\n"
+        f"| private key | {format_bytes(result['private_key_bytes'])} | the client only: an owner-only "
+        "directory on this app's host, deleted when you close the tab |\n"
+        f"| evaluation keys | {format_bytes(result['evaluation_key_bytes'])} | the client, and the FHE "
+        f"server (key id {_short(result['key_id'])}) |\n\n"
         "Evaluation keys let the server *compute* on ciphertexts, never decrypt them. "
         "This linear model needs no bootstrapping, so they are tiny."
     )
@@ -52,7 +73,7 @@ def encrypt_markdown(result: dict[str, Any]) -> str:
     return (
         f"**Encrypted {what} in {result['seconds']:.3f} s.**\n\n"
         f"The input was quantized to integers in [{result['quantized_min']}, {result['quantized_max']}] "
-        f"(left), then encrypted with the private key.\n\n"
+        f"(the picture), then encrypted with the private key.\n\n"
         f"Ciphertext: **{format_bytes(result['ciphertext_bytes'])}**. A few of its bytes:\n\n"
         f"`{result['ciphertext_preview']}`"
     )
@@ -88,6 +109,32 @@ def decrypt_markdown(result: dict[str, Any]) -> str:
     )
 
 
+def wrong_key_markdown(result: dict[str, Any], class_names: tuple[str, ...]) -> str:
+    """What wrong keys yield: random numbers, a random class, chance-level answers."""
+    if not result["decrypted"]:
+        return f"Concrete refused the bytes: {result['error']}"
+    name = dict(zip(result["class_labels"], class_names, strict=False))
+    real, wrong = result["real_raw_scores"], result["raw_scores"]
+    pairs = ", ".join(f"{w:,} instead of {r:,}" for w, r in list(zip(wrong, real, strict=False))[:2])
+    spread = len(set(result["wrong_predictions"]))
+    text = (
+        "A wrong key \"decrypts\" without complaint, but what it gets are random integers "
+        f"({pairs}, …), which the softmax turns into a confident-looking bar for class "
+        f"**{name.get(result['prediction'], result['prediction'])}**: an arbitrary class, not a prediction. "
+        f"The {result['tries']} wrong keys tried on this result pointed at {spread} different classes."
+    )
+    if result["samples"]:
+        n = result["samples"]
+        text += (
+            f"\n\nOver {n} test samples, each encrypted, computed by the server and decrypted with a new "
+            f"wrong key: **{result['wrong_key_right']} right ({result['wrong_key_right'] / n:.0%})**, "
+            f"where a blind guess gets {result['chance']:.0%}. With the private key: "
+            f"{result['private_key_right']} right ({result['private_key_right'] / n:.0%}). "
+            "Without the private key the ciphertext says nothing about the input or the result."
+        )
+    return text
+
+
 @dataclass
 class InputPanel:
     """What to encrypt: a test sample or a drawing, and its preview."""
@@ -99,6 +146,9 @@ class InputPanel:
     table: gr.Dataframe
     caption: gr.Markdown
     sketch: gr.Sketchpad
+
+    def preview_outputs(self) -> list[gr.components.Component]:
+        return [self.picture, self.table, self.caption, self.sketch, self.sample_index, self.random_button]
 
 
 @dataclass
@@ -118,6 +168,7 @@ class StepsPanel:
     wrong_key: gr.Button
     wrong_key_md: gr.Markdown
     wrong_key_plot: gr.Plot
+    wrong_key_json: gr.JSON
 
 
 @dataclass
@@ -133,19 +184,21 @@ class StepResults:
 def _input_panel() -> InputPanel:
     gr.Markdown("#### Input")
     source = gr.Radio(list(INPUT_SOURCES), value="test sample", label="Encrypt")
-    with gr.Row():
-        sample_index = lenient(gr.Number(value=0, precision=0, label="Test sample index", minimum=0))
-        random_button = gr.Button("Random sample", size="sm")
+    with gr.Row(equal_height=True):
+        sample_index = lenient(gr.Number(value=0, precision=0, label="Test sample index", minimum=0,
+                                         min_width=120))
+        random_button = gr.Button("Random sample", size="sm", min_width=120)
     picture = gr.Image(
         label="Sample", type="numpy", image_mode="L", interactive=False, height=200, buttons=[],
     )
-    table = gr.Dataframe(label="Sample features", interactive=False, visible=False, max_height=260)
+    table = gr.Dataframe(headers=["feature", "value"], label="Sample features", interactive=False,
+                         visible=False, max_height=260, wrap=True)
     caption = gr.Markdown()
     sketch = gr.Sketchpad(
-        label="Draw a digit", visible=False, type="numpy", image_mode="RGBA",
+        label="Draw a digit (large, filling the square)", visible=False, type="numpy", image_mode="RGBA",
         canvas_size=(SKETCH_SIZE, SKETCH_SIZE), height=SKETCH_SIZE + 80, width=SKETCH_SIZE + 40,
-        brush=gr.Brush(default_size=16, colors=["#000000"], color_mode="fixed"),
-        layers=False, transforms=(),
+        brush=gr.Brush(default_size=BRUSH_PX, colors=["#000000"], color_mode="fixed"),
+        layers=False, transforms=(), elem_id="sketch",
     )
     return InputPanel(source, sample_index, random_button, picture, table, caption, sketch)
 
@@ -153,28 +206,29 @@ def _input_panel() -> InputPanel:
 def _steps_panel() -> StepsPanel:
     with gr.Group():
         keygen = gr.Button("① Generate keys", variant="primary")
-        keygen_md = gr.Markdown()
+        keygen_md = gr.Markdown(elem_classes=["step-result"])
     with gr.Group():
         encrypt = gr.Button("② Encrypt the input", variant="primary")
         with gr.Row():
             quantized_picture = gr.Image(
                 label="Quantized input (what gets encrypted)", type="numpy", image_mode="L",
-                interactive=False, height=160, buttons=[], visible=True, scale=1,
+                interactive=False, height=160, buttons=[], visible=True, scale=1, min_width=160,
             )
-            encrypt_md = gr.Markdown()
+            encrypt_md = gr.Markdown(elem_classes=["step-result"], min_width=240)
     with gr.Group():
         run = gr.Button("③ Run on the FHE server", variant="primary")
-        run_md = gr.Markdown()
+        run_md = gr.Markdown(elem_classes=["step-result"])
     with gr.Group():
         decrypt = gr.Button("④ Decrypt the result", variant="primary")
-        decrypt_md = gr.Markdown()
-        probabilities_plot = gr.Plot(label="Class probabilities", format="png")
+        decrypt_md = gr.Markdown(elem_classes=["step-result"])
+        probabilities_plot = gr.Plot(label="Class probabilities", format="png", show_label=False)
     with gr.Accordion("What does someone with the wrong key get?", open=False):
-        wrong_key = gr.Button("Decrypt with a freshly generated (wrong) key")
-        wrong_key_md = gr.Markdown()
-        wrong_key_plot = gr.Plot(label="Probabilities with the wrong key", format="png")
+        wrong_key = gr.Button("Decrypt with freshly generated (wrong) keys")
+        wrong_key_md = gr.Markdown(elem_classes=["step-result"])
+        wrong_key_plot = gr.Plot(label="Wrong keys", format="png", show_label=False)
+        wrong_key_json = gr.JSON(visible=False)
     return StepsPanel(keygen, keygen_md, encrypt, quantized_picture, encrypt_md, run, run_md, decrypt,
-                      decrypt_md, probabilities_plot, wrong_key, wrong_key_md, wrong_key_plot)
+                      decrypt_md, probabilities_plot, wrong_key, wrong_key_md, wrong_key_plot, wrong_key_json)
 
 
 def _step_results() -> StepResults:
@@ -184,54 +238,61 @@ def _step_results() -> StepResults:
                                gr.JSON(label="/decrypt"))
 
 
+def _preview(session: DemoSession | None, source: str, sample_index: Any, drawing: Any) -> tuple:
+    """The input panel for the session's dataset: picture or table, caption, sketchpad, index controls."""
+    dataset = session.dataset if session is not None else None
+    is_image = dataset is None or dataset.image_shape is not None
+    drawing_mode = source == "drawing" and is_image
+    hide = gr.update(visible=False)
+    sketch = gr.update(visible=drawing_mode)
+    index_controls = (gr.update(visible=not drawing_mode), gr.update(visible=not drawing_mode))
+    if dataset is None:
+        return (gr.update(value=None, visible=True), hide,
+                "Train or upload a model in tab 1 (and compile it in tab 2) to pick a sample.", sketch,
+                *index_controls)
+    high = float(np.max(dataset.feature_high))
+    if source == "drawing":
+        if not is_image:
+            return (hide, hide, f"⚠ {dataset.name} is tabular: drawing works for image datasets only.",
+                    sketch, *index_controls)
+        shape = f"{dataset.image_shape[0]}×{dataset.image_shape[1]}"
+        try:
+            x = drawing_to_features(drawing, dataset)
+        except USER_ERRORS:
+            return (gr.update(value=None, visible=True), hide,
+                    f"Draw a digit; it is prepared like {dataset.name}'s own images ({shape} pixels, "
+                    f"0–{high:g}).", sketch, *index_controls)
+        return (gr.update(value=figures.sample_image(x, dataset.image_shape, high), visible=True), hide,
+                f"Your drawing as the model sees it ({shape}, prepared like {dataset.name}'s images).",
+                sketch, *index_controls)
+    try:
+        x, label = session.sample(sample_index)
+    except USER_ERRORS as exc:
+        return gr.skip(), gr.skip(), f"⚠ {exc}", sketch, *index_controls
+    caption = f"Test sample #{int(sample_index)} of {len(dataset.X_test)} · true label **{label}**"
+    if is_image:
+        return (gr.update(value=figures.sample_image(x, dataset.image_shape, high), visible=True), hide,
+                caption, sketch, *index_controls)
+    return (hide, gr.update(value=features_table(x, dataset.feature_names), visible=True), caption, sketch,
+            *index_controls)
+
+
 def _wire_preview(ctx: DemoContext, panel: InputPanel, tab: gr.Tab) -> None:
     def preview(
         source: str, sample_index: Any, drawing: Any, state: DemoSession | None, request: gr.Request = None,
     ):
-        session = ctx.session(state, request)
-        dataset = session.dataset
-        is_image = dataset is None or dataset.image_shape is not None
-        hide = gr.update(visible=False)
-        sketch_update = gr.update(visible=source == "drawing" and is_image)
-        if dataset is None:
-            return (gr.update(value=None, visible=True), hide,
-                    "Train or upload a model in tab 1 (and compile it in tab 2) to pick a sample.",
-                    sketch_update)
-        high = float(np.max(dataset.feature_high))
-        if source == "drawing":
-            if not is_image:
-                return (hide, hide, f"⚠ {dataset.name} is tabular: drawing works for image datasets only.",
-                        sketch_update)
-            try:
-                x = drawing_to_features(drawing, dataset)
-            except USER_ERRORS:
-                return (gr.update(value=None, visible=True), hide,
-                        "Draw a digit; it is downscaled to "
-                        f"{dataset.image_shape[0]}×{dataset.image_shape[1]} "
-                        f"pixels in 0–{high:g}, like {dataset.name}.", sketch_update)
-            return (gr.update(value=figures.sample_image(x, dataset.image_shape, high), visible=True), hide,
-                    f"Your drawing as the model sees it ({dataset.image_shape[0]}×{dataset.image_shape[1]}).",
-                    sketch_update)
-        try:
-            x, label = session.sample(sample_index)
-        except USER_ERRORS as exc:
-            return gr.skip(), gr.skip(), f"⚠ {exc}", sketch_update
-        caption = f"Test sample #{int(sample_index)} of {len(dataset.X_test)} · true label **{label}**"
-        if is_image:
-            return (gr.update(value=figures.sample_image(x, dataset.image_shape, high), visible=True), hide,
-                    caption, sketch_update)
-        return (hide, gr.update(value=features_table(x, dataset.feature_names), visible=True), caption,
-                sketch_update)
+        return _preview(ctx.existing_session(state, request), source, sample_index, drawing)
 
     gr.on(
         [panel.source.change, panel.sample_index.change, panel.sketch.change, tab.select],
-        preview, [panel.source, panel.sample_index, panel.sketch, ctx.state],
-        [panel.picture, panel.table, panel.caption, panel.sketch],
+        preview, [panel.source, panel.sample_index, panel.sketch, ctx.state], panel.preview_outputs(),
         api_visibility="private", trigger_mode="always_last", show_progress="hidden", **LIGHT,
     )
+    panel.source.change(None, [panel.source], None, js=SELECT_BRUSH_JS)
 
     def random_sample(state: DemoSession | None, request: gr.Request = None) -> Any:
-        dataset = ctx.session(state, request).dataset
+        session = ctx.existing_session(state, request)
+        dataset = session.dataset if session is not None else None
         if dataset is None:
             return gr.skip()
         return int(np.random.default_rng().integers(len(dataset.X_test)))
@@ -240,18 +301,27 @@ def _wire_preview(ctx: DemoContext, panel: InputPanel, tab: gr.Tab) -> None:
                               queue=False)
 
 
-def _wire_steps(ctx: DemoContext, inputs: InputPanel, steps: StepsPanel, results: StepResults) -> None:
+def _diagram(session: DemoSession | None) -> str:
+    from story.holdings import Holdings
+
+    if session is None:
+        return holdings_html(Holdings((), (), ()))
+    return holdings_html(holdings(session))
+
+
+def _wire_steps(ctx: DemoContext, inputs: InputPanel, steps: StepsPanel, results: StepResults,
+                diagram: gr.HTML, shown: gr.State) -> None:
     @user_errors
-    def keygen(state: DemoSession | None = None, request: gr.Request = None):
+    def keygen(state: DemoSession | None = None, seen: dict | None = None, request: gr.Request = None):
         """Step ①: keys (API: /keygen)."""
         session = ctx.session(state, request)
         result = session.generate_keys()
-        return (result, keygen_markdown(result), None, "", "", "", None, session, pipeline_status(session))
+        return (result, keygen_markdown(result), session, pipeline_status(session), _diagram(session),
+                remember(seen, session, "keys"))
 
     steps.keygen.click(
-        keygen, [ctx.state],
-        [results.keygen, steps.keygen_md, steps.quantized_picture, steps.encrypt_md, steps.run_md,
-         steps.decrypt_md, steps.probabilities_plot, ctx.state, ctx.pipeline],
+        keygen, [ctx.state, shown],
+        [results.keygen, steps.keygen_md, ctx.state, ctx.pipeline, diagram, shown],
         api_name="keygen", show_progress_on=[steps.keygen_md], **LIGHT,
     )
 
@@ -261,74 +331,165 @@ def _wire_steps(ctx: DemoContext, inputs: InputPanel, steps: StepsPanel, results
         source: str = "test sample",
         drawing: Any = None,
         state: DemoSession | None = None,
+        seen: dict | None = None,
         request: gr.Request = None,
     ):
         """Step ②: encryption (API: /encrypt)."""
         session = ctx.session(state, request)
         result = session.encrypt(source, sample_index, drawing)
-        dataset = session.dataset
-        picture = (figures.quantized_image(session.quantized_input, dataset.image_shape)
-                   if dataset is not None and dataset.image_shape else None)
-        return (result, encrypt_markdown(result), picture, "", "", None, session, pipeline_status(session))
+        return (result, encrypt_markdown(result), _quantized_picture(session), session,
+                pipeline_status(session), _diagram(session), remember(seen, session, "encrypted"))
 
     steps.encrypt.click(
-        encrypt, [inputs.sample_index, inputs.source, inputs.sketch, ctx.state],
-        [results.encrypt, steps.encrypt_md, steps.quantized_picture, steps.run_md, steps.decrypt_md,
-         steps.probabilities_plot, ctx.state, ctx.pipeline],
+        encrypt, [inputs.sample_index, inputs.source, inputs.sketch, ctx.state, shown],
+        [results.encrypt, steps.encrypt_md, steps.quantized_picture, ctx.state, ctx.pipeline, diagram, shown],
         api_name="encrypt", show_progress_on=[steps.encrypt_md], **LIGHT,
     )
 
     @user_errors
-    def run_fhe(state: DemoSession | None = None, request: gr.Request = None):
+    def run_fhe(state: DemoSession | None = None, seen: dict | None = None, request: gr.Request = None):
         """Step ③: the server computes on the ciphertext (API: /run_fhe)."""
         session = ctx.session(state, request)
         result = session.run_on_server()
-        return result, run_markdown(result), "", None, session, pipeline_status(session)
+        return (result, run_markdown(result), session, pipeline_status(session), _diagram(session),
+                remember(seen, session, "server_output"))
 
     steps.run.click(
-        run_fhe, [ctx.state],
-        [results.run, steps.run_md, steps.decrypt_md, steps.probabilities_plot, ctx.state, ctx.pipeline],
+        run_fhe, [ctx.state, shown], [results.run, steps.run_md, ctx.state, ctx.pipeline, diagram, shown],
         api_name="run_fhe", show_progress_on=[steps.run_md], **LIGHT,
     )
 
     @user_errors
-    def decrypt(state: DemoSession | None = None, request: gr.Request = None):
+    def decrypt(state: DemoSession | None = None, seen: dict | None = None, request: gr.Request = None):
         """Step ④: decryption (API: /decrypt)."""
         session = ctx.session(state, request)
         result = session.decrypt()
-        plot = figures.probabilities_figure(result["probabilities"], session.class_names,
-                                            result["clear_probabilities"])
-        return result, decrypt_markdown(result), plot, session, pipeline_status(session)
+        return (result, decrypt_markdown(result), _probabilities_plot(session, result), session,
+                pipeline_status(session), _diagram(session), remember(seen, session, "decrypted"))
 
     steps.decrypt.click(
-        decrypt, [ctx.state],
-        [results.decrypt, steps.decrypt_md, steps.probabilities_plot, ctx.state, ctx.pipeline],
+        decrypt, [ctx.state, shown],
+        [results.decrypt, steps.decrypt_md, steps.probabilities_plot, ctx.state, ctx.pipeline, diagram,
+         shown],
         api_name="decrypt", show_progress_on=[steps.decrypt_md], **LIGHT,
     )
 
 
+def _quantized_picture(session: DemoSession) -> np.ndarray | None:
+    dataset = session.dataset
+    if dataset is None or not dataset.image_shape or session.quantized_input is None:
+        return None
+    return figures.quantized_image(session.quantized_input, dataset.image_shape)
+
+
+def _probabilities_plot(session: DemoSession, result: dict[str, Any]) -> Any:
+    return figures.probabilities_figure(result["probabilities"], session.class_names,
+                                        result["clear_probabilities"])
+
+
 def _wire_wrong_key(ctx: DemoContext, steps: StepsPanel) -> None:
     @user_errors
-    def wrong_key(state: DemoSession | None = None, request: gr.Request = None):
-        """Decrypt the server's output with someone else's key (API: /decrypt_wrong_key)."""
+    def wrong_key(
+        state: DemoSession | None = None, request: gr.Request = None, progress: gr.Progress = PROGRESS,
+    ):
+        """Decrypt with someone else's keys, many times (API: /decrypt_wrong_key)."""
         session = ctx.session(state, request)
-        result = session.decrypt_with_wrong_key()
-        if not result["decrypted"]:
-            return result, f"Concrete refused the bytes: {result['error']}", None
-        text = (
-            "With a fresh key, decryption \"works\" but yields noise: "
-            f"prediction **{result['prediction']}**, "
-            f"raw scores {result['raw_scores'][:4]}… instead of the real ones. Without the private key, the "
-            "ciphertext says nothing about the input or the result."
+        result = session.decrypt_with_wrong_key(
+            progress=lambda done, total: progress((done, total), desc="test samples with wrong keys")
         )
-        plot = figures.probabilities_figure(result["probabilities"], session.class_names)
-        return result, text, plot
+        return _wrong_key_view(session, result)
 
-    wrong_key_json = gr.JSON(visible=False)
     steps.wrong_key.click(
-        wrong_key, [ctx.state], [wrong_key_json, steps.wrong_key_md, steps.wrong_key_plot],
-        api_name="decrypt_wrong_key", **LIGHT,
+        wrong_key, [ctx.state], [steps.wrong_key_json, steps.wrong_key_md, steps.wrong_key_plot],
+        api_name="decrypt_wrong_key", show_progress_on=[steps.wrong_key_md], **LIGHT,
     )
+
+
+def _wrong_key_view(session: DemoSession, result: dict[str, Any]) -> tuple[Any, str, Any]:
+    names = session.class_names or ()
+    plot = figures.wrong_key_figure(result, names) if result["decrypted"] else None
+    return result, wrong_key_markdown(result, names), plot
+
+
+def _keys_view(session: DemoSession | None) -> tuple:
+    if session is None or session.keys is None:
+        return None, ""
+    result = session.keys_summary()
+    return result, keygen_markdown(result)
+
+
+def _encrypted_view(session: DemoSession | None) -> tuple:
+    if session is None or session.encrypted is None:
+        return None, "", None
+    result = session.encryption_summary()
+    return result, encrypt_markdown(result), _quantized_picture(session)
+
+
+def _server_view(session: DemoSession | None) -> tuple:
+    if session is None or session.server_output is None:
+        return None, ""
+    result = session.server_summary()
+    return result, run_markdown(result)
+
+
+def _decrypted_view(session: DemoSession | None) -> tuple:
+    if session is None or session.decrypted is None:
+        return None, "", None
+    result = session.decryption_summary()
+    return result, decrypt_markdown(result), _probabilities_plot(session, result)
+
+
+def _intruder_view(session: DemoSession | None) -> tuple:
+    summary = session.wrong_key_summary() if session is not None else None
+    return _wrong_key_view(session, summary) if summary else (None, "", None)
+
+
+#: Tab 3's panels in the order of their components: the record each shows, and how to draw it.
+PANEL_VIEWS = (
+    ("keys", _keys_view), ("encrypted", _encrypted_view), ("server_output", _server_view),
+    ("decrypted", _decrypted_view), ("intruder", _intruder_view),
+)
+
+
+def _wire_refresh(ctx: DemoContext, inputs: InputPanel, steps: StepsPanel, results: StepResults,
+                  diagram: gr.HTML, shown: gr.State) -> None:
+    """Redraw every panel whose record changed since it was drawn (or is gone), when the session changes.
+
+    Listening to the status line means this also runs after steps of other tabs (a new model
+    empties this tab) and after a page reload resumed a session; it also clears the Error badge
+    a failed step left on its panel.
+    """
+    outputs = [
+        *inputs.preview_outputs(),
+        results.keygen, steps.keygen_md,
+        results.encrypt, steps.encrypt_md, steps.quantized_picture,
+        results.run, steps.run_md,
+        results.decrypt, steps.decrypt_md, steps.probabilities_plot,
+        steps.wrong_key_json, steps.wrong_key_md, steps.wrong_key_plot,
+    ]
+    widths = [2, 3, 2, 3, 3]
+
+    def refresh(source: str, sample_index: Any, drawing: Any, state: DemoSession | None, seen: dict | None,
+                request: gr.Request = None):
+        session = ctx.existing_session(state, request)
+        values: list[Any] = [gr.skip()] * len(inputs.preview_outputs())
+        if outdated(seen, session, "model"):
+            drawing_mode = source == "drawing"
+            if session is not None and session.dataset is not None:
+                sample_index = min(max(0, int(sample_index or 0)), len(session.dataset.X_test) - 1)
+            index_controls = [gr.update(value=sample_index, visible=not drawing_mode),
+                              gr.update(visible=not drawing_mode)]
+            values = [*_preview(session, source, sample_index, drawing)[:-2], *index_controls]
+        for (step, view), width in zip(PANEL_VIEWS, widths, strict=True):
+            values += list(view(session)) if outdated(seen, session, step) else [gr.skip()] * width
+        revision = session.progress().revision if session is not None else 0
+        picture = _diagram(session) if (seen or {}).get("revision") != revision else gr.skip()
+        steps_shown = ("model", *(step for step, _ in PANEL_VIEWS))
+        new_seen = {**remember(seen, session, *steps_shown), "revision": revision}
+        return (*values, picture, new_seen)
+
+    ctx.pipeline.change(refresh, [inputs.source, inputs.sample_index, inputs.sketch, ctx.state, shown],
+                        [*outputs, diagram, shown], **REFRESH)
 
 
 def build(ctx: DemoContext, tab: gr.Tab) -> None:
@@ -342,15 +503,20 @@ def build(ctx: DemoContext, tab: gr.Tab) -> None:
         This tab (its selection refreshes the sample preview).
     """
     gr.Markdown(
-        "The **client** (here: this browser session) owns the private key. The **server** (a separate "
-        "HTTP service) runs the circuit on ciphertexts it cannot read. Run the four steps in order."
+        "The **client** role runs on this app's host, for you: it generates your private key, keeps it in a "
+        "directory of its own, encrypts and decrypts. The **FHE server** is a separate service: it computes "
+        "on ciphertexts it cannot read. Your browser only shows the results. Run the four steps in order "
+        "and watch what each side holds."
     )
+    shown = gr.State({})
+    diagram = gr.HTML(_diagram(None), elem_id="holdings")
     with gr.Row():
         with gr.Column(scale=2, min_width=300):
             inputs = _input_panel()
-        with gr.Column(scale=3, min_width=380):
+        with gr.Column(scale=3, min_width=320):
             steps = _steps_panel()
     results = _step_results()
     _wire_preview(ctx, inputs, tab)
-    _wire_steps(ctx, inputs, steps, results)
+    _wire_steps(ctx, inputs, steps, results, diagram, shown)
     _wire_wrong_key(ctx, steps)
+    _wire_refresh(ctx, inputs, steps, results, diagram, shown)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,19 +12,26 @@ import pandas as pd
 from fl_training import task
 from fl_training.datasets import DATASET_NAMES, DEFAULT_DATASET, load_dataset
 from fl_training.model_io import MAX_MODEL_FILE_BYTES
+from fl_training.runtime import QueueStatus
 from fl_training.task import PARTITIONINGS, STRATEGIES, TrainingConfig
-from story import Baseline, DemoSession
-from ui import figures
-from ui.common import LIGHT, PROGRESS, TRAINING, DemoContext, lenient, pipeline_status
+from story import Baseline, DemoSession, Joined
+from ui import dp_panel, figures, updates_panel
+from ui.common import LIGHT, PROGRESS, REFRESH, TRAINING, DemoContext, lenient, pipeline_status
 from ui.errors import USER_ERRORS, user_errors
 from ui.files import hold_upload, serve_file
 
-#: Defaults sized for a 2-core laptop: ~15 s for mnist-5k, Ray start-up included.
+#: Defaults sized for a 2-core laptop: ~1.5 s for mnist-5k once the training runtime is warm.
 DEFAULT_CLIENTS = 5
 DEFAULT_ROUNDS = 3
 _DEFAULTS = TrainingConfig()
+#: What the form sends untouched: trained once at launch (``SessionRegistry.prepare``).
+DEFAULT_TRAINING = TrainingConfig(num_clients=DEFAULT_CLIENTS, num_rounds=DEFAULT_ROUNDS)
 
-ROUND_LOG_COLUMNS = ["round", "accuracy", "loss", "clients' accuracy", "seconds", "ε"]
+#: Rounds arriving faster than this (a shared run catching up) update the log, not the chart.
+PLOT_INTERVAL_SECONDS = 0.25
+
+#: The round log's columns; "elapsed (s)" counts from the start of the run.
+ROUND_LOG_COLUMNS = ["round", "accuracy", "loss", "clients' own accuracy", "elapsed (s)", "ε"]
 
 PARTITIONING_HELP = {
     "iid": "IID: every client gets a random, similar share of every label.",
@@ -33,18 +41,21 @@ PARTITIONING_HELP = {
 
 
 def round_log(history: list[Any]) -> pd.DataFrame:
-    """The table of rounds shown under the live plot."""
+    """The table of rounds shown under the live plot (the ε column only under differential privacy)."""
     rows = []
     for r in history:
         rows.append([
             r.round,
-            round(r.accuracy, 4),
-            round(r.loss, 4),
-            None if r.client_accuracy is None else round(r.client_accuracy, 4),
-            round(r.seconds, 2),
-            None if r.epsilon is None else round(r.epsilon, 3),
+            f"{r.accuracy:.1%}",
+            f"{r.loss:.3f}",
+            "" if r.client_accuracy is None else f"{r.client_accuracy:.1%}",
+            f"{r.seconds:.1f}",
+            "" if r.epsilon is None else f"{r.epsilon:.2f}",
         ])
-    return pd.DataFrame(rows, columns=ROUND_LOG_COLUMNS)
+    columns = ROUND_LOG_COLUMNS
+    if not any(r.epsilon is not None for r in history):
+        columns, rows = columns[:-1], [row[:-1] for row in rows]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def samples_per_client(counts: Any) -> str:
@@ -65,15 +76,41 @@ def samples_per_client(counts: Any) -> str:
     return f"{low:,} samples" if low == high else f"{low:,}–{high:,} samples"
 
 
+def joined_text(joined: Joined) -> str:
+    """What a visitor reads when their training is shared with another participant's."""
+    if joined.finished:
+        return ("Identical run already finished for another participant: its result is reused "
+                "(no new training).")
+    if joined.at_round < 0:
+        return "Identical run started by another participant: joined it before its first round."
+    return f"Identical run started by another participant: joined at round {joined.at_round}."
+
+
+def waiting_text(status: QueueStatus) -> str:
+    """A waiting visitor's place in the queue and the estimated wait."""
+    ahead = "1 training" if status.position == 1 else f"{status.position} trainings"
+    return f"Waiting for the training runtime: {ahead} ahead of you, about {status.eta_seconds:.0f} s."
+
+
 def summary_markdown(summary: dict[str, Any]) -> str:
-    """Accuracy beside the centralized baseline (and ε under differential privacy)."""
+    """Accuracy beside the centralized baseline (and ε under differential privacy).
+
+    The gap to the baseline is in percentage points, and is put down to
+    everything that differs from central training: federated rounds, a
+    skewed split of the data, differential privacy's noise.
+    """
     lines = [f"### Federated model: **{summary['accuracy']:.1%}** test accuracy"]
     baseline = summary.get("baseline_accuracy")
     if baseline is not None:
-        gap = summary["accuracy"] - baseline
+        gap = (summary["accuracy"] - baseline) * 100
+        causes = ["training in a few rounds of averaged weights"]
+        if summary.get("partitioning", "iid") != "iid":
+            causes.append(f"the {summary['partitioning']} split (clients hold different labels)")
+        if summary.get("epsilon") is not None:
+            causes.append("differential privacy's noise (its price alone: the ε chart below)")
         lines.append(
-            f"Centrally trained baseline (all data in one place): **{baseline:.1%}** "
-            f"({gap:+.1%} for federated learning, where no client shared its data)."
+            f"Centrally trained baseline (all data in one place): **{baseline:.1%}**. Difference: "
+            f"**{gap:+.1f} points**, from {_joined(causes)}. No client shared its data."
         )
     if summary.get("epsilon") is not None:
         lines.append(
@@ -82,9 +119,13 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         )
     lines.append(
         f"{summary['clients']} clients × {summary['rounds']} rounds, {summary['partitioning']} "
-        f"partitioning, {summary['strategy']}, {summary['seconds']:.1f} s (Flower/Ray start-up included)."
+        f"partitioning, {summary['strategy']}, {summary['seconds']:.1f} s."
     )
     return "\n\n".join(lines)
+
+
+def _joined(parts: list[str]) -> str:
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
 @dataclass
@@ -103,12 +144,14 @@ class Settings:
     differential_privacy: gr.Checkbox
     noise_multiplier: gr.Slider
     clipping_norm: gr.Slider
+    secure_aggregation: gr.Checkbox
     start: gr.Button
 
     def inputs(self) -> list[gr.components.Component]:
         return [self.dataset, self.num_clients, self.num_rounds, self.partitioning, self.alpha,
                 self.classes_per_client, self.strategy, self.local_epochs, self.seed,
-                self.differential_privacy, self.noise_multiplier, self.clipping_norm]
+                self.differential_privacy, self.noise_multiplier, self.clipping_norm,
+                self.secure_aggregation]
 
 
 @dataclass
@@ -169,16 +212,22 @@ def _settings_panel() -> Settings:
         with gr.Row():
             noise_multiplier = lenient(gr.Slider(task.NOISE_MULTIPLIER_RANGE[0], 5.0,
                                                  value=_DEFAULTS.noise_multiplier, step=0.1,
-                                                 label="Noise multiplier"))
+                                                 label="Noise multiplier σ"))
             clipping_norm = lenient(gr.Slider(0.1, 20.0, value=_DEFAULTS.clipping_norm, step=0.1,
-                                              label="Clipping norm"))
+                                              label="Clipping norm C"))
+    secure_aggregation = gr.Checkbox(
+        value=False, label="Secure aggregation (SecAgg+): the server only sees the sum of the updates",
+        info=f"{', '.join(task.SECURE_AGGREGATION_STRATEGIES)}; with differential privacy, each client "
+             "clips its own update",
+    )
     start = gr.Button("Start federated training", variant="primary")
     return Settings(dataset, num_clients, num_rounds, partitioning, alpha, classes_per_client, strategy,
-                    local_epochs, seed, differential_privacy, noise_multiplier, clipping_norm, start)
+                    local_epochs, seed, differential_privacy, noise_multiplier, clipping_norm,
+                    secure_aggregation, start)
 
 
 def _results_panel(distribution_plot: gr.Plot, distribution_note: gr.Markdown) -> Results:
-    status = gr.Markdown("Press **Start federated training**. Flower first starts Ray (~10 s).")
+    status = gr.Markdown("Press **Start federated training**.")
     with gr.Row():
         curves = gr.Plot(label="Accuracy and loss per round (live)", format="png")
     with gr.Row():
@@ -234,6 +283,7 @@ def _wire_preview(ctx: DemoContext, settings: Settings, results: Results) -> Non
         dataset: str, num_clients: Any, num_rounds: Any, partitioning: str, alpha: Any,
         classes_per_client: Any, strategy: str, local_epochs: Any, seed: Any,
         differential_privacy: bool, noise_multiplier: Any, clipping_norm: Any,
+        secure_aggregation: bool = False,
     ) -> tuple[Any, str]:
         try:
             cfg = TrainingConfig.from_values(
@@ -274,6 +324,7 @@ def _wire_training(ctx: DemoContext, settings: Settings, results: Results) -> No
         differential_privacy: bool = False,
         noise_multiplier: float = _DEFAULTS.noise_multiplier,
         clipping_norm: float = _DEFAULTS.clipping_norm,
+        secure_aggregation: bool = False,
         state: DemoSession | None = None,
         request: gr.Request = None,
         progress: gr.Progress = PROGRESS,
@@ -283,11 +334,13 @@ def _wire_training(ctx: DemoContext, settings: Settings, results: Results) -> No
             dataset=dataset, num_clients=num_clients, num_rounds=num_rounds, partitioning=partitioning,
             alpha=alpha, classes_per_client=classes_per_client, strategy=strategy, local_epochs=local_epochs,
             seed=seed, differential_privacy=differential_privacy, noise_multiplier=noise_multiplier,
-            clipping_norm=clipping_norm,
+            clipping_norm=clipping_norm, secure_aggregation=secure_aggregation,
         )
         session = ctx.session(state, request)
         history: list[Any] = []
         baseline = None
+        shared_note = ""
+        last_plot = 0.0
         skip = gr.skip()
         progress(0, desc="Training the centralized baseline …")
         yield (skip, "… Training a centralized baseline for comparison …",
@@ -295,16 +348,22 @@ def _wire_training(ctx: DemoContext, settings: Settings, results: Results) -> No
         for item in session.train(cfg):
             if isinstance(item, Baseline):
                 baseline = item.accuracy
-                progress(0, desc="Starting Flower (Ray) …")
-                yield (skip, "… Starting the Flower simulation (Ray start-up takes ~10 s) …",
+                progress(0, desc="Starting the Flower simulation …")
+                yield (skip, "… Starting the Flower simulation …",
                        figures.training_figure([], cfg.num_rounds, baseline), skip, skip, skip, session, skip)
-                continue
-            if isinstance(item, dict):
+            elif isinstance(item, Joined):
+                shared_note = joined_text(item)
+                yield (skip, f"… {shared_note}", skip, skip, skip, skip, session, skip)
+            elif isinstance(item, QueueStatus):
+                progress(0, desc=waiting_text(item))
+                yield (skip, f"… {waiting_text(item)}", skip, skip, skip, skip, session, skip)
+            elif isinstance(item, dict):
                 summary = item
+                done = (f"✓ Done: {cfg.num_rounds} rounds with {cfg.num_clients} clients "
+                        f"in {summary['seconds']:.1f} s.")
                 yield (
                     summary,
-                    f"✓ Done: {cfg.num_rounds} rounds with {cfg.num_clients} clients "
-                    f"in {summary['seconds']:.1f} s.",
+                    f"{done} {shared_note}".strip(),
                     figures.training_figure(history, cfg.num_rounds, summary.get("baseline_accuracy")),
                     round_log(history),
                     summary_markdown(summary),
@@ -313,13 +372,18 @@ def _wire_training(ctx: DemoContext, settings: Settings, results: Results) -> No
                     pipeline_status(session),
                 )
                 return
-            history.append(item)
-            progress((item.round, cfg.num_rounds), desc=f"Round {item.round}/{cfg.num_rounds}")
-            text = f"… Round {item.round}/{cfg.num_rounds}: accuracy {item.accuracy:.1%}"
-            if item.epsilon is not None:
-                text += f", ε = {item.epsilon:.2f}"
-            yield (skip, text, figures.training_figure(history, cfg.num_rounds, baseline), round_log(history),
-                   skip, skip, session, skip)
+            else:
+                history.append(item)
+                progress((item.round, cfg.num_rounds), desc=f"Round {item.round}/{cfg.num_rounds}")
+                text = f"… Round {item.round}/{cfg.num_rounds}: accuracy {item.accuracy:.1%}"
+                if item.epsilon is not None:
+                    text += f", ε = {item.epsilon:.2f}"
+                # Rounds a shared run already had arrive at once: draw the chart for the newest only.
+                plot = skip
+                if time.monotonic() - last_plot >= PLOT_INTERVAL_SECONDS:
+                    last_plot = time.monotonic()
+                    plot = figures.training_figure(history, cfg.num_rounds, baseline)
+                yield (skip, text, plot, round_log(history), skip, skip, session, skip)
 
     settings.start.click(
         train, settings.inputs() + [ctx.state],
@@ -348,13 +412,19 @@ def _wire_upload(ctx: DemoContext, settings: Settings, results: Results, upload:
             f"on {summary['dataset']}. "
             "Continue with tab 2."
         )
-        return summary, text, serve_file(session, session.model_file), session, pipeline_status(session)
+        # The copy served for download goes with this model: a later model makes it unreachable.
+        model_file = serve_file(session.while_current("model"), session.model_file)
+        return summary, text, model_file, session, pipeline_status(session)
 
     upload.button.click(
         upload_model, [upload.file, settings.dataset, ctx.state],
         [upload.result_json, upload.message, results.model_file, ctx.state, ctx.pipeline],
-        api_name="upload_model", **LIGHT,
+        api_name="upload_model", show_progress_on=[upload.message], **LIGHT,
     )
+
+    # A failed upload or training leaves an Error badge on its own message only; the next step
+    # that succeeds anywhere (the status line changes) takes it away.
+    ctx.pipeline.change(lambda: (gr.skip(), gr.skip()), None, [upload.message, results.status], **REFRESH)
 
 
 def build(ctx: DemoContext) -> None:
@@ -372,10 +442,12 @@ def build(ctx: DemoContext) -> None:
     with gr.Row():
         with gr.Column(scale=2, min_width=320):
             settings = _settings_panel()
+            dp_panel.build(settings)
         with gr.Column(scale=3, min_width=360):
             distribution_plot = gr.Plot(label="Label distribution per client", format="png")
             distribution_note = gr.Markdown()
     results = _results_panel(distribution_plot, distribution_note)
+    updates_panel.build(ctx, results.summary_json)
     upload = _upload_panel()
     _wire_partitioning_help(settings)
     _wire_preview(ctx, settings, results)

@@ -1,0 +1,337 @@
+"""Who takes part in a run, and what the server receives from them.
+
+Server role. In a deployment the federation is the SuperNodes that are
+connected: :func:`discover_federation` waits for them (saying what it waits
+for) and asks each which partition its node config gives it, up to a bounded
+wait. :class:`FederationGrid` then wraps Flower's grid for the run: only those
+nodes, every exchange bounded in time, and a note of what the server received
+from one client in each round (:class:`ReceivedUpdate`) and of the clients
+that dropped out.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.common import bytes_to_ndarray
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
+from flwr.serverapp import Grid
+
+from fl_training.task import PARTITION_RECORD
+
+#: The modulus of SecAgg+'s masked vectors (Flower's default, 2**32).
+SECAGG_MODULUS = 2**32
+#: How often the wait for SuperNodes says what it is waiting for.
+WAIT_REPORT_SECONDS = 5.0
+#: Longest wait for SuperNodes to say which partition they hold (the first message
+#: of a run starts their ClientApp); one that has not answered is asked again.
+QUERY_TIMEOUT_SECONDS = 30.0
+
+
+class FederationError(RuntimeError):
+    """The SuperNodes a run needs are not there (or do not agree on the partitions)."""
+
+
+@dataclass(frozen=True)
+class ReceivedUpdate:
+    """What the server received from one client in one round, one row per class.
+
+    Parameters
+    ----------
+    round : int
+        The round.
+    masked : bool
+        False: the client's update in the clear, its new weights minus the
+        global weights the server sent (in the scaled feature space), shape
+        ``(rows, n_features)``. True: the same positions of the client's SecAgg+
+        masked vector, as fractions of the modulus in ``[0, 1)``; that is all
+        the server can read of one client under secure aggregation.
+    weights : ndarray of float32
+        The values, ``(rows, n_features)``.
+    """
+
+    round: int
+    masked: bool
+    weights: np.ndarray
+
+    def to_json(self) -> dict:
+        """A compact JSON form: one byte per weight (base64), scaled per row.
+
+        Clear updates map ``[-max|w|, max|w|]`` of each row to ``[1, 255]``
+        (128 is zero); masked values map ``[0, 1)`` to ``[0, 255]``.
+        """
+        weights = np.asarray(self.weights, dtype=np.float64)
+        if self.masked:
+            levels = np.floor(weights * 256)
+        else:
+            peak = np.abs(weights).max(axis=1, keepdims=True)
+            levels = 128 + np.round(127 * weights / np.where(peak > 0, peak, 1.0))
+        data = np.clip(levels, 0, 255).astype(np.uint8)
+        return {
+            "round": self.round,
+            "masked": self.masked,
+            "rows": int(data.shape[0]),
+            "features": int(data.shape[1]),
+            "levels": base64.b64encode(data.tobytes()).decode("ascii"),
+        }
+
+    @classmethod
+    def from_json(cls, value: dict) -> ReceivedUpdate:
+        """Read :meth:`to_json`'s form back: clear rows in ``[-1, 1]``, masked ones in ``[0, 1)``."""
+        rows, features = int(value["rows"]), int(value["features"])
+        data = np.frombuffer(base64.b64decode(value["levels"]), dtype=np.uint8)
+        if data.size != rows * features:
+            raise ValueError(f"expected {rows}×{features} levels, got {data.size}")
+        levels = data.reshape(rows, features).astype(np.float32)
+        weights = levels / 256 if value["masked"] else (levels - 128) / 127
+        return cls(round=int(value["round"]), masked=bool(value["masked"]), weights=weights)
+
+
+@dataclass(frozen=True)
+class Federation:
+    """The SuperNodes of a run: one per partition, ``node_ids[i]`` holds partition ``i``."""
+
+    node_ids: tuple[int, ...]
+
+    @property
+    def size(self) -> int:
+        return len(self.node_ids)
+
+
+def discover_federation(
+    grid: Grid,
+    expected: int | None,
+    wait_seconds: float,
+    say: Callable[[str], None] = print,
+) -> Federation:
+    """Wait for one SuperNode per partition, asking each which partition it holds.
+
+    Parameters
+    ----------
+    grid : Grid
+        Flower's grid of the run.
+    expected : int or None
+        The number of clients the run asks for; None: as many as the
+        SuperNodes' node config says (``num-partitions``).
+    wait_seconds : float
+        How long to wait for the SuperNodes before giving up.
+    say : callable, default=print
+        Where to report what the wait is waiting for.
+
+    Returns
+    -------
+    Federation
+        The node of each partition ``0 … n-1``.
+
+    Raises
+    ------
+    FederationError
+        After ``wait_seconds`` without every partition, or if the SuperNodes
+        disagree on the number of partitions; the message says what is missing.
+    """
+    deadline = time.monotonic() + wait_seconds
+    partitions: dict[int, tuple[int, int | None]] = {}  # node → (partition-id, num-partitions)
+    next_report = 0.0
+    while True:
+        connected = set(grid.get_node_ids())
+        unknown = connected - set(partitions)
+        if unknown:
+            say(f"Asking {len(unknown)} SuperNode(s) which partition they hold …")
+            budget = min(QUERY_TIMEOUT_SECONDS, max(1.0, deadline - time.monotonic()))
+            partitions.update(_ask_partitions(grid, unknown, timeout=budget))
+        present = {node: partitions[node] for node in connected if node in partitions}
+        wanted = _agreed_partitions(present, expected)
+        holders = _holders(present, wanted)
+        if wanted is not None and len(holders) == wanted:
+            say(f"Federation ready: {wanted} SuperNodes, one per partition.")
+            return Federation(tuple(holders[i] for i in range(wanted)))
+        status = _waiting_status(len(connected), wanted, holders)
+        now = time.monotonic()
+        if now >= deadline:
+            raise FederationError(
+                f"Gave up after {wait_seconds:g} s waiting for the SuperNodes: {status}. Start one SuperNode "
+                "per partition with --node-config \"partition-id=I num-partitions=N\" (I = 0 … N-1), "
+                "or raise the run-config key node-wait-seconds."
+            )
+        if now >= next_report:
+            say(f"Waiting for SuperNodes: {status}; giving up in {deadline - now:.0f} s.")
+            next_report = now + WAIT_REPORT_SECONDS
+        time.sleep(min(1.0, max(0.0, deadline - now)))
+
+
+def wait_for_nodes(grid: Grid, count: int, wait_seconds: float) -> Federation:
+    """Wait for ``count`` nodes (a simulation's virtual SuperNodes), without asking their partitions."""
+    deadline = time.monotonic() + wait_seconds
+    while len(nodes := sorted(grid.get_node_ids())) < count:
+        if time.monotonic() >= deadline:
+            raise FederationError(
+                f"Gave up after {wait_seconds:g} s: {len(nodes)} of {count} nodes connected."
+            )
+        time.sleep(0.2)
+    return Federation(tuple(nodes[:count]))
+
+
+def _ask_partitions(grid: Grid, nodes: Iterable[int], timeout: float) -> dict[int, tuple[int, int | None]]:
+    messages = [Message(content=RecordDict(), dst_node_id=node, message_type=MessageType.QUERY)
+                for node in nodes]
+    answers = {}
+    for reply in grid.send_and_receive(messages, timeout=timeout):
+        if reply.has_error() or PARTITION_RECORD not in reply.content.config_records:
+            continue
+        record = reply.content.config_records[PARTITION_RECORD]
+        total = record.get("num-partitions")
+        answers[reply.metadata.src_node_id] = (
+            int(record.get("partition-id", 0)), None if total is None else int(total)
+        )
+    return answers
+
+
+def _agreed_partitions(present: dict[int, tuple[int, int | None]], expected: int | None) -> int | None:
+    """The number of partitions: ``expected`` if the run names one, else what the SuperNodes say."""
+    totals = {total for _, total in present.values() if total is not None}
+    if expected is not None:
+        if totals - {expected}:
+            raise FederationError(
+                f"The run asks for num-clients={expected}, but SuperNodes hold one of "
+                f"{', '.join(map(str, sorted(totals)))} partitions: start them with "
+                f"num-partitions={expected} or leave num-clients out of the run config."
+            )
+        return expected
+    if len(totals) > 1:
+        raise FederationError(
+            f"The SuperNodes disagree on the number of partitions ({', '.join(map(str, sorted(totals)))}); "
+            "start every SuperNode with the same num-partitions."
+        )
+    if present and not totals:
+        raise FederationError(
+            "The SuperNodes do not say how many partitions there are: start them with --node-config "
+            "\"partition-id=I num-partitions=N\", or set the run-config key num-clients."
+        )
+    return totals.pop() if totals else None
+
+
+def _holders(present: dict[int, tuple[int, int | None]], wanted: int | None) -> dict[int, int]:
+    """The first node seen for each partition ``0 … wanted-1``."""
+    holders: dict[int, int] = {}
+    for node in sorted(present):
+        partition = present[node][0]
+        if wanted is not None and 0 <= partition < wanted:
+            holders.setdefault(partition, node)
+    return holders
+
+
+def _waiting_status(connected: int, wanted: int | None, holders: dict[int, int]) -> str:
+    if wanted is None:
+        return (f"{connected} connected, none has said which partition it holds yet "
+                "(a SuperNode answers once its ClientApp has started)")
+    missing = [str(i) for i in range(wanted) if i not in holders]
+    return (f"{len(holders)} of {wanted} partitions have a SuperNode ({connected} connected); "
+            f"missing partition {', '.join(missing)}")
+
+
+class FederationGrid(Grid):
+    """Flower's grid, restricted to the federation's nodes, with bounded exchanges and a record.
+
+    Strategies and workflows sample from :meth:`get_node_ids`, so a SuperNode
+    that is not part of the federation (a second one for the same partition,
+    say) is never sent anything. An exchange without a timeout of its own gets
+    ``timeout``: a node that never answers counts as dropped out instead of
+    stalling the run. Of every training exchange the grid keeps what the
+    server received from one client (the federation's first node) and which
+    clients did not answer; :meth:`take_round` hands them over.
+
+    Parameters
+    ----------
+    grid : Grid
+        Flower's grid of the run.
+    federation : Federation
+        Its nodes.
+    timeout : float
+        Longest wait for the replies of one exchange, in seconds.
+    """
+
+    def __init__(self, grid: Grid, federation: Federation, timeout: float):
+        self._grid = grid
+        self.members = frozenset(federation.node_ids)
+        self.timeout = timeout
+        self._observed = federation.node_ids[0]
+        self._received: dict[int, ReceivedUpdate] = {}
+        self._dropped: dict[int, set[int]] = defaultdict(set)
+
+    def set_run(self, run) -> None:  # noqa: ANN001 - Flower's Run
+        self._grid.set_run(run)
+
+    @property
+    def run(self):  # noqa: ANN201 - Flower's Run
+        return self._grid.run
+
+    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None) -> Message:  # noqa: ANN001
+        return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def get_node_ids(self) -> list[int]:
+        return [node for node in self._grid.get_node_ids() if node in self.members]
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self._grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self._grid.pull_messages(message_ids)
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
+        sent = list(messages)
+        bound = self.timeout if timeout is None else timeout
+        replies = list(self._grid.send_and_receive(sent, timeout=bound))
+        self._note(sent, replies)
+        return replies
+
+    def take_round(self, server_round: int) -> tuple[ReceivedUpdate | None, int]:
+        """What the observed client sent in ``server_round`` and how many clients dropped out."""
+        return self._received.pop(server_round, None), len(self._dropped.pop(server_round, ()))
+
+    def _note(self, sent: list[Message], replies: list[Message]) -> None:
+        training = {m.metadata.dst_node_id: m for m in sent if m.metadata.message_type == MessageType.TRAIN}
+        if not training:
+            return
+        server_round = _round_of(next(iter(training.values())))
+        answered = {r.metadata.src_node_id: r for r in replies if not r.has_error()}
+        self._dropped[server_round] |= set(training) - set(answered)
+        if self._observed in training and self._observed in answered:
+            update = _received_update(server_round, training[self._observed], answered[self._observed])
+            if update is not None:
+                self._received[server_round] = update
+
+
+def _round_of(message: Message) -> int:
+    """The round a training message belongs to (workflows set group_id, strategies the config)."""
+    if message.metadata.group_id.isdigit():
+        return int(message.metadata.group_id)
+    config = message.content.config_records.get("config", ConfigRecord())
+    return int(config.get("server-round", 0))
+
+
+def _weight_matrix(arrays: list[np.ndarray]) -> np.ndarray | None:
+    """The coefficient matrix (one row per class) among a model's arrays."""
+    return next((a for a in arrays if a.ndim == 2), None)
+
+
+def _received_update(server_round: int, sent: Message, reply: Message) -> ReceivedUpdate | None:
+    configs = reply.content.config_records.get(RECORD_KEY_CONFIGS)
+    if configs is not None and Key.MASKED_PARAMETERS in configs:
+        masked = _weight_matrix([bytes_to_ndarray(b) for b in configs[Key.MASKED_PARAMETERS]])
+        if masked is None:
+            return None
+        fractions = masked.astype(np.float64) / SECAGG_MODULUS
+        return ReceivedUpdate(server_round, True, fractions.astype(np.float32))
+    if "arrays" in reply.content.array_records and "arrays" in sent.content.array_records:
+        new = _weight_matrix(reply.content.array_records["arrays"].to_numpy_ndarrays())
+        old = _weight_matrix(sent.content.array_records["arrays"].to_numpy_ndarrays())
+        if new is None or old is None or new.shape != old.shape:
+            return None
+        return ReceivedUpdate(server_round, False, (new - old).astype(np.float32))
+    return None

@@ -1,0 +1,53 @@
+"""A page's start and end: a reload resumes the session's model and deployment (with a new private key).
+
+The browser keeps one opaque token in its local storage (``gr.BrowserState``);
+everything else stays on the host (see :mod:`story.resume`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from story import DemoSession
+from story.resume import close_page, open_page
+from ui.common import DemoContext, pipeline_status
+
+#: Where the browser keeps its token (local storage key; the value is an opaque random string).
+BROWSER_KEY = "fl-fhe-demo-page"
+
+
+def build(ctx: DemoContext, notice: gr.Markdown) -> None:
+    """Wire the page's load (resume) and unload (park, or wipe) events.
+
+    Parameters
+    ----------
+    ctx : DemoContext
+        Registry, session state and the status line.
+    notice : gr.Markdown
+        Where the page says what it resumed.
+    """
+    token = gr.BrowserState(None, storage_key=BROWSER_KEY)
+
+    def start(stored: Any, state: DemoSession | None, request: gr.Request) -> tuple:
+        started = open_page(ctx.registry, request.session_hash, stored)
+        if started.session is None:
+            return started.token, gr.skip(), gr.skip(), ""
+        session = started.session
+        return started.token, session, pipeline_status(session), f"↻ {started.message}"
+
+    ctx.demo.load(start, [token, ctx.state], [token, ctx.state, ctx.pipeline, notice],
+                  api_visibility="private", show_progress="hidden")
+
+    def end(request: gr.Request) -> None:
+        # The private key goes now; the model and deployment wait a while for a reload.
+        close_page(ctx.registry, request.session_hash)
+
+    ctx.demo.unload(end)
+
+
+def close_state(ctx_registry: Any, session: DemoSession | None) -> None:
+    """``gr.State``'s delete callback: wipe the session unless it is parked for a reload."""
+    if session is not None and not ctx_registry.resumptions.holds(session):
+        session.close()
