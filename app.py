@@ -104,6 +104,9 @@ def launch_options(registry: SessionRegistry) -> dict[str, Any]:
         "blocked_paths": [str(registry.keys_root)],
         "state_session_capacity": STATE_SESSION_CAPACITY,
         "show_error": True,
+        # Gradio would otherwise keep every call's inputs and outputs (drawings, predictions, download
+        # links) in the browser's local storage: the browser keeps only an opaque page token.
+        "run_history": False,
     }
 
 

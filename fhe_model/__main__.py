@@ -121,7 +121,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from fhe_model.http_server import HTTPSettings, serve
     from fhe_model.server import StoreLimits
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     settings = HTTPSettings(**({"workers": args.workers} if args.workers else {}),
                             max_concurrent_requests=args.max_concurrent)
     limits = StoreLimits(key_ttl_seconds=args.key_ttl, max_keys=args.max_keys,

@@ -137,14 +137,19 @@ def discover_federation(
     """
     deadline = time.monotonic() + wait_seconds
     partitions: dict[int, tuple[int, int | None]] = {}  # node → (partition-id, num-partitions)
+    asked: dict[int, float] = {}  # node → when it was last asked
     next_report = 0.0
     while True:
         connected = set(grid.get_node_ids())
-        unknown = connected - set(partitions)
-        if unknown:
-            say(f"Asking {len(unknown)} SuperNode(s) which partition they hold …")
-            budget = min(QUERY_TIMEOUT_SECONDS, max(1.0, deadline - time.monotonic()))
-            partitions.update(_ask_partitions(grid, unknown, timeout=budget))
+        now = time.monotonic()
+        unanswered = connected - set(partitions)
+        ask = [n for n in unanswered if n not in asked or now - asked[n] >= WAIT_REPORT_SECONDS]
+        if ask:
+            if first := [n for n in ask if n not in asked]:
+                say(f"Asking {len(first)} SuperNode(s) which partition they hold …")
+            asked.update((n, now) for n in ask)
+            budget = min(QUERY_TIMEOUT_SECONDS, max(1.0, deadline - now))
+            partitions.update(_ask_partitions(grid, ask, timeout=budget))
         present = {node: partitions[node] for node in connected if node in partitions}
         wanted = _agreed_partitions(present, expected)
         holders = _holders(present, wanted)

@@ -75,7 +75,7 @@ def test_bad_values_through_the_api_are_named(client, api_name, kwargs, message)
 
 def test_nan_sent_as_raw_json_is_refused_with_a_message(launched_app):  # noqa: F811 - fixture
     # gradio_client refuses to serialize NaN itself; a hand-written request can still send it.
-    body = '{"data": ["digits", NaN, 2, "iid", 0.5, 2, "fedavg", 10, 0, false, 0.5, 5.0]}'
+    body = '{"data": ["digits", NaN, 2, "iid", 0.5, 2, "fedavg", 10, 0, false, 0.5, 5.0, false]}'
     with httpx.Client(base_url=launched_app.url, timeout=60) as http:
         response = http.post(
             "/gradio_api/call/train", content=body, headers={"Content-Type": "application/json"}

@@ -112,6 +112,7 @@ def test_streamed_blobs_are_checked_on_arrival_and_bounded(launched_app, bomb, t
     with PeakMemory() as peak:
         response = _send_blob(launched_app.url, sketch._id, bomb.read_bytes(), "bomb")
     assert response.status_code != 200 and "bomb" not in sketch.blob_storage
+    print(f"peak RSS growth while a streamed bomb blob was refused: {peak.growth / 2**20:.1f} MB")
     assert peak.growth < MAX_GROWTH_BYTES
     small = tmp_path / "small.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (500, 500, 4), dtype=np.uint8)).save(small)

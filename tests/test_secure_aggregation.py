@@ -52,11 +52,12 @@ def test_secure_aggregation_gives_the_model_of_the_run_in_the_clear(clear_and_se
 
 
 def test_fedadam_under_secure_aggregation_matches_fedadam_in_the_clear():
-    # Adam scales every weight's step by its own history: SecAgg+'s rounding must not become steps.
+    # Adam scales every weight's step by its own history: with Flower's τ = 1e-9, SecAgg+'s rounding
+    # on weights that never move (always-blank pixels) became full steps (a 1e-3 difference).
     clear = train(TrainingConfig(**SMALL, strategy="fedadam"))
     secure = train(TrainingConfig(**SMALL, strategy="fedadam", secure_aggregation=True))
     assert abs(secure.accuracy - clear.accuracy) <= 0.005
-    assert np.abs(secure.model.coef_ - clear.model.coef_).max() <= 1e-2 * np.abs(clear.model.coef_).max()
+    assert np.abs(secure.model.coef_ - clear.model.coef_).max() <= 5e-4 * np.abs(clear.model.coef_).max()
 
 
 def test_the_server_sees_digits_in_the_clear_and_noise_under_secure_aggregation(clear_and_secure):

@@ -25,9 +25,13 @@ def test_a_visitor_sees_clear_updates_then_masked_ones(browser, launched_app):  
 
     page.get_by_role("button", name="Start federated training").click()
     expect(page.get_by_text(re.compile(r"Done: 2 rounds with 3 clients"))).to_be_visible(timeout=120_000)
-    clear = page.get_by_text(re.compile(r"Without secure aggregation: round 1, resemblance .* (0\.[6-9]\d|1\.00)"))
+    clear = page.get_by_text(
+        re.compile(r"Without secure aggregation: round 1, resemblance .* (0\.[6-9]\d|1\.00)")
+    )
     expect(clear).to_be_visible(timeout=30_000)
-    expect(page.get_by_text("Train again with secure aggregation, same settings, to compare.")).to_be_visible()
+    expect(page.get_by_text("Train again with secure aggregation, same settings, to compare.")).to_be_visible(
+        timeout=10_000
+    )
 
     page.get_by_label("Secure aggregation (SecAgg+): the server only sees the sum of the updates").check()
     page.get_by_role("button", name="Start federated training").click()

@@ -115,12 +115,12 @@ def _compile_panel() -> CompilePanel:
         with gr.Column(scale=3, min_width=300):
             message = gr.Markdown(waiting_markdown(None), elem_classes=["step-result"])
             table = gr.Dataframe(headers=ACCURACY_COLUMNS, label="Accuracy: clear vs FHE", interactive=False,
-                                 wrap=True, column_widths=["70%", "30%"], elem_classes=["narrow-table"])
+                                 wrap=True, column_widths=["70%", "30%"], elem_id="accuracy-table")
     with gr.Row():
         client_zip = gr.File(label="client.zip (for the client: quantizers, crypto parameters)",
-                             interactive=False, min_width=240)
+                             interactive=False, min_width=240, elem_id="client-zip")
         server_zip = gr.File(label="server.zip (for the server: the circuit)", interactive=False,
-                             min_width=240)
+                             min_width=240, elem_id="server-zip")
     with gr.Accordion("Compile report (JSON, as the API returns it)", open=False):
         result_json = gr.JSON(label="/compile result")
     return CompilePanel(n_bits, calibration, button, message, table, client_zip, server_zip, result_json)
@@ -137,7 +137,7 @@ def _sweep_panel() -> SweepPanel:
         plot = gr.Plot(label="Accuracy and bit width vs n_bits", format="png", show_label=False,
                        min_width=300)
         table = gr.Dataframe(headers=SWEEP_COLUMNS, label="Sweep", interactive=False, wrap=True,
-                             min_width=300, elem_classes=["narrow-table"])
+                             min_width=300)
     return SweepPanel(button, plot, table)
 
 
@@ -145,7 +145,7 @@ def _compile_view(session: DemoSession | None) -> tuple:
     """The compile panel's values for the session's current deployment (or an empty panel)."""
     if session is None or session.deployment is None:
         return None, waiting_markdown(session), pd.DataFrame(columns=ACCURACY_COLUMNS), None, None
-    summary = session.compile_summary()
+    summary = {**session.compile_summary(), "resumed": session.deployment.resumed}
     client_zip, server_zip = session.deployment_files
     # The copies served for download go with this deployment: once it is replaced, they are gone.
     scope = session.while_current("deployment")

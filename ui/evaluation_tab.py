@@ -93,7 +93,7 @@ def build(ctx: DemoContext) -> None:
         run_button = gr.Button("Evaluate on encrypted data", variant="primary", min_width=200)
     status = gr.Markdown(elem_classes=["step-result"])
     table = gr.Dataframe(headers=RESULT_COLUMNS, label="Encrypted vs clear", interactive=False, wrap=True,
-                         column_widths=["62%", "38%"], elem_classes=["narrow-table"])
+                         column_widths=["62%", "38%"])
     with gr.Accordion("Result (JSON, as the API returns it)", open=False):
         result_json = gr.JSON(label="/evaluate_encrypted")
     shown = gr.State({})
@@ -128,7 +128,9 @@ def build(ctx: DemoContext) -> None:
         """The evaluation of the current keys, the limits and the expectation of the current model."""
         session = ctx.existing_session(state, request)
         values: tuple = (gr.skip(),) * 3
-        if outdated(seen, session, "evaluation"):
+        # The evaluation's handler cannot tell what it drew (its API answer has four values): with no
+        # evaluation on record (new keys, a new model), the panel is emptied whatever it shows.
+        if outdated(seen, session, "evaluation") or session is None or session.evaluation is None:
             if session is not None and session.evaluation is not None:
                 result = session.evaluation_summary()
                 values = (result, headline(result, _test_samples(session)), results_table(result))

@@ -5,10 +5,10 @@ of different sessions can draw at the same time.
 
 Every chart is drawn for a projector and a phone at once: it is
 :data:`FIGURE_WIDTH_INCHES` wide and no text in it is smaller than
-:data:`MIN_FONT_PT`, so text is at least 3.2 % of the chart's width. The page
+:data:`MIN_FONT_PT`, so text is at least 3.5 % of the chart's width. The page
 shows charts as wide as their column, at most :data:`MAX_DISPLAY_PX` (the
-app's CSS): at 1366 px a chart is 480-760 px wide and its smallest text
-15-24 px; on a 390 px phone it is about 330 px wide and its text 10-11 px.
+app's CSS): at 1366 px a chart is 480-680 px wide and its smallest text
+17-24 px; on a 390 px phone it is 300-330 px wide and its text 10-11 px.
 """
 
 from __future__ import annotations
@@ -26,13 +26,13 @@ MUTED = "#94a3b8"
 WRONG = "#b91c1c"
 
 #: Width of every chart, and the resolution of its PNG (sharp on phones and projectors).
-FIGURE_WIDTH_INCHES = 5.2
+FIGURE_WIDTH_INCHES = 5.0
 DPI = 150
 #: The smallest text of any chart (tick labels, legends); titles and axis labels are larger.
-MIN_FONT_PT = 12.0
-LABEL_PT = 13.0
+MIN_FONT_PT = 12.5
+LABEL_PT = 13.5
 #: The widest a chart is shown (CSS in app.py), in CSS pixels.
-MAX_DISPLAY_PX = 760
+MAX_DISPLAY_PX = 680
 
 
 def _figure(height: float, width: float = FIGURE_WIDTH_INCHES) -> Figure:
@@ -327,9 +327,9 @@ def dp_tradeoff_figure(
         high = [p["accuracy_max"] - p["accuracy"] for p in points]
         ax.errorbar(eps, acc, yerr=[low, high], fmt="none", ecolor=MUTED, capsize=3)
     ax.plot(eps, acc, "o-", color=ACCENT, label="with DP")
-    for p in points:
+    for i, p in enumerate(points):  # labels alternate below and above the curve, so neighbours do not collide
         ax.annotate(f"σ={p['noise_multiplier']:g}", (p["epsilon"], p["accuracy"]), textcoords="offset points",
-                    xytext=(4, -16), fontsize=MIN_FONT_PT)
+                    xytext=(0, -20 if i % 2 == 0 else 10), ha="center", fontsize=MIN_FONT_PT)
     if default_noise is not None:
         chosen = [p for p in points if abs(p["noise_multiplier"] - default_noise) < 1e-9]
         if chosen:
@@ -337,7 +337,12 @@ def dp_tradeoff_figure(
                     markerfacecolor="none", markeredgecolor=CLEAR, markeredgewidth=2, label="default")
     if no_dp_accuracy is not None:
         ax.axhline(no_dp_accuracy, color=CLEAR, linestyle=":", label="no DP")
+    from matplotlib.ticker import NullFormatter
+
     ax.set_xscale("log")
+    ticks = [t for t in (1, 2, 5, 10, 20, 50, 100) if min(eps) / 1.5 <= t <= max(eps) * 1.5]
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("ε at δ = 1e-5 (smaller: more privacy)")
     ax.set_ylabel("test accuracy")
     ax.set_ylim(0, 1.02)

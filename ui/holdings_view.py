@@ -18,8 +18,9 @@ def _item(item: Item) -> str:
     detail = " · ".join(part for part in (_size(item.size_bytes) if item.held else "", item.note) if part)
     state = "held" if item.held else "pending"
     mark = "✓" if item.held else "○"
-    return (f'<li class="{state}"><span class="mark">{mark}</span> {escape(item.name)}'
-            f'{f" <small>{escape(detail)}</small>" if detail else ""}'
+    small = f" <small>{escape(detail)}</small>" if detail else ""
+    return (f'<li class="{state}"><span class="mark">{mark}</span>'
+            f'<span class="what">{escape(item.name)}{small}</span>'
             f'<span class="step">{escape(item.step)}</span></li>')
 
 
@@ -27,8 +28,8 @@ def _transfer(transfer: Transfer) -> str:
     arrow = "→ server" if transfer.to_server else "← client"
     size = f" <small>{escape(_size(transfer.size_bytes))}</small>" if transfer.done else ""
     state = "done" if transfer.done else "pending"
-    return (f'<li class="{state}"><span class="step">{escape(transfer.step)}</span> '
-            f'{escape(transfer.name)} <b>{arrow}</b>{size}</li>')
+    return (f'<li class="{state}"><span class="what">{escape(transfer.name)} <b>{arrow}</b>{size}</span>'
+            f'<span class="step">{escape(transfer.step)}</span></li>')
 
 
 def holdings_html(holdings: Holdings) -> str:

@@ -73,7 +73,7 @@ def encrypt_markdown(result: dict[str, Any]) -> str:
     return (
         f"**Encrypted {what} in {result['seconds']:.3f} s.**\n\n"
         f"The input was quantized to integers in [{result['quantized_min']}, {result['quantized_max']}] "
-        f"(the picture), then encrypted with the private key.\n\n"
+        f"(the picture below), then encrypted with the private key.\n\n"
         f"Ciphertext: **{format_bytes(result['ciphertext_bytes'])}**. A few of its bytes:\n\n"
         f"`{result['ciphertext_preview']}`"
     )
@@ -189,13 +189,14 @@ def _input_panel() -> InputPanel:
                                          min_width=120))
         random_button = gr.Button("Random sample", size="sm", min_width=120)
     picture = gr.Image(
-        label="Sample", type="numpy", image_mode="L", interactive=False, height=200, buttons=[],
+        label="Sample", show_label=False, type="numpy", image_mode="L", interactive=False, height=200,
+        buttons=[],
     )
     table = gr.Dataframe(headers=["feature", "value"], label="Sample features", interactive=False,
                          visible=False, max_height=260, wrap=True)
     caption = gr.Markdown()
     sketch = gr.Sketchpad(
-        label="Draw a digit (large, filling the square)", visible=False, type="numpy", image_mode="RGBA",
+        label="Draw a digit", show_label=False, visible=False, type="numpy", image_mode="RGBA",
         canvas_size=(SKETCH_SIZE, SKETCH_SIZE), height=SKETCH_SIZE + 80, width=SKETCH_SIZE + 40,
         brush=gr.Brush(default_size=BRUSH_PX, colors=["#000000"], color_mode="fixed"),
         layers=False, transforms=(), elem_id="sketch",
@@ -209,12 +210,11 @@ def _steps_panel() -> StepsPanel:
         keygen_md = gr.Markdown(elem_classes=["step-result"])
     with gr.Group():
         encrypt = gr.Button("② Encrypt the input", variant="primary")
-        with gr.Row():
-            quantized_picture = gr.Image(
-                label="Quantized input (what gets encrypted)", type="numpy", image_mode="L",
-                interactive=False, height=160, buttons=[], visible=True, scale=1, min_width=160,
-            )
-            encrypt_md = gr.Markdown(elem_classes=["step-result"], min_width=240)
+        encrypt_md = gr.Markdown(elem_classes=["step-result"])
+        quantized_picture = gr.Image(
+            label="Quantized input (what gets encrypted)", show_label=False, type="numpy", image_mode="L",
+            interactive=False, height=160, buttons=[],
+        )
     with gr.Group():
         run = gr.Button("③ Run on the FHE server", variant="primary")
         run_md = gr.Markdown(elem_classes=["step-result"])
@@ -309,21 +309,42 @@ def _diagram(session: DemoSession | None) -> str:
     return holdings_html(holdings(session))
 
 
+def _panel_outputs(steps: StepsPanel, results: StepResults) -> dict[str, list[gr.components.Component]]:
+    """Each record's panel (the order of :data:`PANEL_VIEWS`)."""
+    return {
+        "keys": [results.keygen, steps.keygen_md],
+        "encrypted": [results.encrypt, steps.encrypt_md, steps.quantized_picture],
+        "server_output": [results.run, steps.run_md],
+        "decrypted": [results.decrypt, steps.decrypt_md, steps.probabilities_plot],
+        "intruder": [steps.wrong_key_json, steps.wrong_key_md, steps.wrong_key_plot],
+    }
+
+
 def _wire_steps(ctx: DemoContext, inputs: InputPanel, steps: StepsPanel, results: StepResults,
                 diagram: gr.HTML, shown: gr.State) -> None:
+    """The four steps. Each one draws its own panel and empties the panels of the steps after it
+    (their records are gone), so that no panel shows a result of an earlier run."""
+    panels = _panel_outputs(steps, results)
+    order = [step for step, _ in PANEL_VIEWS]
+
+    def outputs(step: str) -> list[gr.components.Component]:
+        later = [c for name in order[order.index(step):] for c in panels[name]]
+        return [*later, ctx.state, ctx.pipeline, diagram, shown]
+
+    def views(session: DemoSession, seen: dict | None, step: str) -> tuple:
+        values = [v for _name, view in PANEL_VIEWS[order.index(step):] for v in view(session)]
+        seen = remember(seen, session, *order)
+        return (*values, session, pipeline_status(session), _diagram(session), seen)
+
     @user_errors
     def keygen(state: DemoSession | None = None, seen: dict | None = None, request: gr.Request = None):
         """Step ①: keys (API: /keygen)."""
         session = ctx.session(state, request)
-        result = session.generate_keys()
-        return (result, keygen_markdown(result), session, pipeline_status(session), _diagram(session),
-                remember(seen, session, "keys"))
+        session.generate_keys()
+        return views(session, seen, "keys")
 
-    steps.keygen.click(
-        keygen, [ctx.state, shown],
-        [results.keygen, steps.keygen_md, ctx.state, ctx.pipeline, diagram, shown],
-        api_name="keygen", show_progress_on=[steps.keygen_md], **LIGHT,
-    )
+    steps.keygen.click(keygen, [ctx.state, shown], outputs("keys"), api_name="keygen",
+                       show_progress_on=[steps.keygen_md], **LIGHT)
 
     @user_errors
     def encrypt(
@@ -336,43 +357,32 @@ def _wire_steps(ctx: DemoContext, inputs: InputPanel, steps: StepsPanel, results
     ):
         """Step ②: encryption (API: /encrypt)."""
         session = ctx.session(state, request)
-        result = session.encrypt(source, sample_index, drawing)
-        return (result, encrypt_markdown(result), _quantized_picture(session), session,
-                pipeline_status(session), _diagram(session), remember(seen, session, "encrypted"))
+        session.encrypt(source, sample_index, drawing)
+        return views(session, seen, "encrypted")
 
-    steps.encrypt.click(
-        encrypt, [inputs.sample_index, inputs.source, inputs.sketch, ctx.state, shown],
-        [results.encrypt, steps.encrypt_md, steps.quantized_picture, ctx.state, ctx.pipeline, diagram, shown],
-        api_name="encrypt", show_progress_on=[steps.encrypt_md], **LIGHT,
-    )
+    steps.encrypt.click(encrypt, [inputs.sample_index, inputs.source, inputs.sketch, ctx.state, shown],
+                        outputs("encrypted"), api_name="encrypt", show_progress_on=[steps.encrypt_md],
+                        **LIGHT)
 
     @user_errors
     def run_fhe(state: DemoSession | None = None, seen: dict | None = None, request: gr.Request = None):
         """Step ③: the server computes on the ciphertext (API: /run_fhe)."""
         session = ctx.session(state, request)
-        result = session.run_on_server()
-        return (result, run_markdown(result), session, pipeline_status(session), _diagram(session),
-                remember(seen, session, "server_output"))
+        session.run_on_server()
+        return views(session, seen, "server_output")
 
-    steps.run.click(
-        run_fhe, [ctx.state, shown], [results.run, steps.run_md, ctx.state, ctx.pipeline, diagram, shown],
-        api_name="run_fhe", show_progress_on=[steps.run_md], **LIGHT,
-    )
+    steps.run.click(run_fhe, [ctx.state, shown], outputs("server_output"), api_name="run_fhe",
+                    show_progress_on=[steps.run_md], **LIGHT)
 
     @user_errors
     def decrypt(state: DemoSession | None = None, seen: dict | None = None, request: gr.Request = None):
         """Step ④: decryption (API: /decrypt)."""
         session = ctx.session(state, request)
-        result = session.decrypt()
-        return (result, decrypt_markdown(result), _probabilities_plot(session, result), session,
-                pipeline_status(session), _diagram(session), remember(seen, session, "decrypted"))
+        session.decrypt()
+        return views(session, seen, "decrypted")
 
-    steps.decrypt.click(
-        decrypt, [ctx.state, shown],
-        [results.decrypt, steps.decrypt_md, steps.probabilities_plot, ctx.state, ctx.pipeline, diagram,
-         shown],
-        api_name="decrypt", show_progress_on=[steps.decrypt_md], **LIGHT,
-    )
+    steps.decrypt.click(decrypt, [ctx.state, shown], outputs("decrypted"), api_name="decrypt",
+                        show_progress_on=[steps.decrypt_md], **LIGHT)
 
 
 def _quantized_picture(session: DemoSession) -> np.ndarray | None:
@@ -459,17 +469,11 @@ def _wire_refresh(ctx: DemoContext, inputs: InputPanel, steps: StepsPanel, resul
     empties this tab) and after a page reload resumed a session; it also clears the Error badge
     a failed step left on its panel.
     """
-    outputs = [
-        *inputs.preview_outputs(),
-        results.keygen, steps.keygen_md,
-        results.encrypt, steps.encrypt_md, steps.quantized_picture,
-        results.run, steps.run_md,
-        results.decrypt, steps.decrypt_md, steps.probabilities_plot,
-        steps.wrong_key_json, steps.wrong_key_md, steps.wrong_key_plot,
-    ]
-    widths = [2, 3, 2, 3, 3]
+    panels = _panel_outputs(steps, results)
+    outputs = [*inputs.preview_outputs(), *(c for step, _ in PANEL_VIEWS for c in panels[step])]
+    widths = [len(panels[step]) for step, _ in PANEL_VIEWS]
 
-    def refresh(source: str, sample_index: Any, drawing: Any, state: DemoSession | None, seen: dict | None,
+    def refresh(source: str, sample_index: Any, state: DemoSession | None, seen: dict | None,
                 request: gr.Request = None):
         session = ctx.existing_session(state, request)
         values: list[Any] = [gr.skip()] * len(inputs.preview_outputs())
@@ -479,16 +483,20 @@ def _wire_refresh(ctx: DemoContext, inputs: InputPanel, steps: StepsPanel, resul
                 sample_index = min(max(0, int(sample_index or 0)), len(session.dataset.X_test) - 1)
             index_controls = [gr.update(value=sample_index, visible=not drawing_mode),
                               gr.update(visible=not drawing_mode)]
-            values = [*_preview(session, source, sample_index, drawing)[:-2], *index_controls]
+            # A drawing is read again when it changes (not sent here: uploading it on every refresh is slow).
+            values = [*_preview(session, source, sample_index, None)[:-2], *index_controls]
         for (step, view), width in zip(PANEL_VIEWS, widths, strict=True):
-            values += list(view(session)) if outdated(seen, session, step) else [gr.skip()] * width
+            # The wrong-key demo's handler cannot tell what it drew (its API answer has three values):
+            # with no demo on record, its panel is emptied whatever it shows.
+            unknown = step == "intruder" and (session is None or session.intruder is None)
+            values += list(view(session)) if unknown or outdated(seen, session, step) else [gr.skip()] * width
         revision = session.progress().revision if session is not None else 0
         picture = _diagram(session) if (seen or {}).get("revision") != revision else gr.skip()
         steps_shown = ("model", *(step for step, _ in PANEL_VIEWS))
         new_seen = {**remember(seen, session, *steps_shown), "revision": revision}
         return (*values, picture, new_seen)
 
-    ctx.pipeline.change(refresh, [inputs.source, inputs.sample_index, inputs.sketch, ctx.state, shown],
+    ctx.pipeline.change(refresh, [inputs.source, inputs.sample_index, ctx.state, shown],
                         [*outputs, diagram, shown], **REFRESH)
 
 
@@ -520,3 +528,4 @@ def build(ctx: DemoContext, tab: gr.Tab) -> None:
     _wire_steps(ctx, inputs, steps, results, diagram, shown)
     _wire_wrong_key(ctx, steps)
     _wire_refresh(ctx, inputs, steps, results, diagram, shown)
+

@@ -10,7 +10,7 @@ from typing import Any
 
 import gradio as gr
 
-from story import DemoSession
+from story import DemoSession, SessionRegistry
 from story.resume import close_page, open_page
 from ui.common import DemoContext, pipeline_status
 
@@ -30,14 +30,14 @@ def build(ctx: DemoContext, notice: gr.Markdown) -> None:
     """
     token = gr.BrowserState(None, storage_key=BROWSER_KEY)
 
-    def start(stored: Any, state: DemoSession | None, request: gr.Request) -> tuple:
+    def start(stored: Any, request: gr.Request) -> tuple:
         started = open_page(ctx.registry, request.session_hash, stored)
         if started.session is None:
             return started.token, gr.skip(), gr.skip(), ""
         session = started.session
         return started.token, session, pipeline_status(session), f"↻ {started.message}"
 
-    ctx.demo.load(start, [token, ctx.state], [token, ctx.state, ctx.pipeline, notice],
+    ctx.demo.load(start, [token], [token, ctx.state, ctx.pipeline, notice],
                   api_visibility="private", show_progress="hidden")
 
     def end(request: gr.Request) -> None:
@@ -47,7 +47,7 @@ def build(ctx: DemoContext, notice: gr.Markdown) -> None:
     ctx.demo.unload(end)
 
 
-def close_state(ctx_registry: Any, session: DemoSession | None) -> None:
+def close_state(registry: SessionRegistry, session: DemoSession | None) -> None:
     """``gr.State``'s delete callback: wipe the session unless it is parked for a reload."""
-    if session is not None and not ctx_registry.resumptions.holds(session):
+    if session is not None and not registry.resumptions.holds(session):
         session.close()

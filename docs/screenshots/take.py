@@ -1,0 +1,98 @@
+"""The screenshots of README and docs/WORKSHOP.md: the workshop's walk at 1366 px, then on a 390 px phone.
+
+    .venv/bin/python docs/screenshots/take.py
+
+Launches the demo (and its FHE server) on a free loopback port, walks it in
+Debian's Chromium with the form's defaults (mnist-5k, 5 clients × 3 rounds),
+and writes ``N-<tab>.png`` (1366 px wide, whole page) and ``phone-N-<tab>.png``
+(390 px) next to this file.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1]))
+
+from tests.app_fixtures import running_app  # noqa: E402
+from tests.test_ui_browser import CHROMIUM, CHROMIUM_ARGS, PHONE, PROJECTOR, TABS, open_tab, step  # noqa: E402
+
+NAMES = ["1-federated-training", "2-convert-compile", "3-encrypted-inference", "4-encrypted-evaluation",
+         "5-about"]
+
+
+def walk(page, prefix: str = "") -> None:
+    """The workshop's flow; a screenshot of each tab once it shows its results."""
+    from playwright.sync_api import expect
+
+    def shot(name: str) -> None:
+        page.wait_for_timeout(800)
+        page.screenshot(path=str(HERE / f"{prefix}{name}.png"), full_page=True)
+
+    page.get_by_role("button", name="Start federated training").click()
+    trained = re.compile(r"✓ model .*federated model on mnist-5k")
+    expect(page.get_by_text(trained)).to_be_visible(timeout=240_000)
+    if not prefix:
+        page.get_by_text("Differential privacy: accuracy against ε").click()
+    shot(NAMES[0])
+    open_tab(page, TABS[1])
+    page.get_by_role("button", name="Compile", exact=True).click()
+    expect(page.get_by_text(re.compile(r"Compiled in"))).to_be_visible(timeout=120_000)
+    page.get_by_role("button", name="Run the n_bits sweep").click()
+    expect(page.locator("[data-testid='matplotlib'] img:visible").first).to_be_visible(timeout=180_000)
+    shot(NAMES[1])
+    open_tab(page, TABS[2])
+    for button, done in [("① Generate keys", r"Keys ready in"), ("② Encrypt the input", r"Encrypted test"),
+                         ("③ Run on the FHE server", r"The server computed"),
+                         ("④ Decrypt the result", r"Prediction: \d")]:
+        step(page, button, done)
+    page.get_by_text("What does someone with the wrong key get?").click()
+    step(page, "Decrypt with freshly generated (wrong) keys", r"Over 20 test samples")
+    shot(NAMES[2])
+    if not prefix:
+        page.get_by_text("drawing", exact=True).click()
+        page.wait_for_timeout(1500)
+        canvas = page.locator("#sketch canvas").first
+        canvas.scroll_into_view_if_needed()
+        box = canvas.bounding_box()
+        page.mouse.move(box["x"] + box["width"] * 0.28, box["y"] + box["height"] * 0.22)
+        page.mouse.down()
+        page.mouse.move(box["x"] + box["width"] * 0.72, box["y"] + box["height"] * 0.22, steps=12)
+        page.mouse.move(box["x"] + box["width"] * 0.42, box["y"] + box["height"] * 0.82, steps=18)
+        page.mouse.up()
+        drawn = page.get_by_text("Your drawing as the model sees it", exact=False)
+        expect(drawn).to_be_visible(timeout=30_000)
+        for button, done in [("② Encrypt the input", r"Encrypted your drawing"),
+                             ("③ Run on the FHE server", r"The server computed"),
+                             ("④ Decrypt the result", r"Prediction: \d")]:
+            step(page, button, done)
+        shot("3b-drawing")
+    open_tab(page, TABS[3])
+    page.get_by_role("button", name="Evaluate on encrypted data").click()
+    expect(page.get_by_text(re.compile(r"on the first \d+ of the"))).to_be_visible(timeout=300_000)
+    shot(NAMES[3])
+    open_tab(page, TABS[4])
+    shot(NAMES[4])
+
+
+def main() -> None:
+    from playwright.sync_api import sync_playwright
+
+    with running_app() as app, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        for viewport, prefix in ((PROJECTOR, ""), (PHONE, "phone-")):
+            context = browser.new_context(viewport=viewport)
+            page = context.new_page()
+            page.goto(app.url)
+            page.wait_for_timeout(2000)
+            walk(page, prefix)
+            context.close()
+        browser.close()
+    print(f"wrote {len(list(HERE.glob('*.png')))} screenshots to {HERE}")
+
+
+if __name__ == "__main__":
+    main()
