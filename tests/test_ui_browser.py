@@ -270,6 +270,8 @@ def test_a_retrain_leaves_no_trace_of_the_old_model(desktop, launched_app):  # n
     from playwright.sync_api import expect
 
     page = desktop
+    open_tab(page, TABS[0])
+    old_model = page.locator("#model-file a[href]").first.get_attribute("href")
     open_tab(page, TABS[1])
     old_zip = page.locator("#client-zip a[href]").first.get_attribute("href")
     old_numbers = re.findall(r"\d+\.\d\d%", page.locator("#accuracy-table").inner_text())
@@ -279,6 +281,7 @@ def test_a_retrain_leaves_no_trace_of_the_old_model(desktop, launched_app):  # n
     open_tab(page, TABS[3])
     old_texts.append(page.get_by_text(re.compile(r"Encrypted accuracy")).first.inner_text())
     assert old_zip and old_numbers and httpx.get(httpx.URL(launched_app.url).join(old_zip)).status_code == 200
+    assert old_model and httpx.get(httpx.URL(launched_app.url).join(old_model)).status_code == 200
 
     train(page, "mnist-5k")
     open_tab(page, TABS[1])
@@ -293,6 +296,12 @@ def test_a_retrain_leaves_no_trace_of_the_old_model(desktop, launched_app):  # n
     assert not held(page, "server")
     # The old model's deployment files are no longer served (Gradio refuses files it does not hold).
     assert httpx.get(httpx.URL(launched_app.url).join(old_zip)).status_code in (403, 404)
+    # Nor is the old model's download in tab 1; the new model's is.
+    open_tab(page, TABS[0])
+    new_model = page.locator("#model-file a[href]").first.get_attribute("href")
+    assert new_model != old_model
+    assert httpx.get(httpx.URL(launched_app.url).join(old_model)).status_code in (403, 404)
+    assert httpx.get(httpx.URL(launched_app.url).join(new_model)).status_code == 200
 
 
 def test_a_failed_upload_marks_its_own_panel_until_the_next_success(desktop, tmp_path):

@@ -237,7 +237,7 @@ def _results_panel(distribution_plot: gr.Plot, distribution_note: gr.Markdown) -
             )
         with gr.Column(scale=2):
             summary_md = gr.Markdown()
-            model_file = gr.File(label="Trained model (.skops)", interactive=False)
+            model_file = gr.File(label="Trained model (.skops)", interactive=False, elem_id="model-file")
     with gr.Accordion("Training summary (JSON, as the API returns it)", open=False):
         summary_json = gr.JSON(label="/train result")
     return Results(distribution_plot, distribution_note, status, curves, log, summary_md, model_file,
@@ -367,7 +367,7 @@ def _wire_training(ctx: DemoContext, settings: Settings, results: Results) -> No
                     figures.training_figure(history, cfg.num_rounds, summary.get("baseline_accuracy")),
                     round_log(history),
                     summary_markdown(summary),
-                    serve_file(session, session.model_file),
+                    serve_file(session.while_current("model"), session.model_file),
                     session,
                     pipeline_status(session),
                 )
