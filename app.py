@@ -15,14 +15,20 @@ import signal
 from pathlib import Path
 from typing import Any
 
-import gradio as gr
-
-from fhe_model.connection import FHEServerHandle
 from fl_training import simulation
-from fl_training.model_io import MAX_MODEL_FILE_BYTES
-from story import DEFAULT_IDLE_TTL_SECONDS, SessionRegistry
-from ui import about_tab, compile_tab, evaluation_tab, image_guard, inference_tab, page, training_tab
-from ui.common import DemoContext, pipeline_status
+
+if __name__ == "__main__":
+    # The training runtime (Ray, the ClientApp actors) boots in its own process while this
+    # one imports the UI: a visitor's first training no longer waits for both in a row.
+    simulation.prepare()
+
+import gradio as gr  # noqa: E402 - after the runtime's start on purpose
+
+from fhe_model.connection import FHEServerHandle  # noqa: E402
+from fl_training.model_io import MAX_MODEL_FILE_BYTES  # noqa: E402
+from story import DEFAULT_IDLE_TTL_SECONDS, SessionRegistry  # noqa: E402
+from ui import about_tab, compile_tab, evaluation_tab, image_guard, inference_tab, page, training_tab  # noqa: E402
+from ui.common import DemoContext, pipeline_status  # noqa: E402
 
 TITLE = "Private ML end to end: federated learning + encrypted inference"
 #: Gradio's cached files that no session holds (sample pictures, sketches) are
@@ -121,9 +127,10 @@ def main() -> None:
     # sessions' keys, files and compiled circuits are deleted before the process ends.
     signal.signal(signal.SIGTERM, _interrupt)
     registry = SessionRegistry(FHEServerHandle.from_env())
+    # The training runtime boots (Ray, actors) while the FHE server and the UI start.
+    registry.prepare(training_tab.DEFAULT_TRAINING)
     url = registry.server.start()
     logging.getLogger(__name__).info("FHE server: %s", url)
-    registry.prepare(training_tab.DEFAULT_TRAINING)
     demo = build_demo(registry)
     try:
         demo.launch(**launch_options(registry))

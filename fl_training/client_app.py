@@ -35,6 +35,7 @@ from fl_training.task import (
     fit_local,
     get_parameters,
     new_model,
+    partition_indices,
     set_parameters,
 )
 
@@ -164,6 +165,15 @@ def build_client_app(extra_mods: Sequence[Mod] = ()) -> ClientApp:
     return client_app
 
 
+def preload(config: TrainingConfig) -> int:
+    """Pay a client's first-message costs ahead of time: imports, the dataset, ``config``'s partitions.
+
+    A simulation engine's workers call it once, before any run (see
+    ``fl_training.runtime_worker``); returns the number of partitions.
+    """
+    return len(partition_indices(config))
+
+
 app = build_client_app()
 
-__all__ = ["MODS", "app", "build_client_app"]
+__all__ = ["MODS", "app", "build_client_app", "preload"]

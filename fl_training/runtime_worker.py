@@ -3,8 +3,9 @@
 Started by :class:`fl_training.runtime.TrainingRuntime` as
 ``python -m fl_training.runtime_worker FD WARM_UP FLOWER_LOGS``. Before the first
 request it does everything a run does not depend on: imports, ``ray.init``, the
-pool of ClientApp actors and, with ``WARM_UP``, one tiny run (in which the
-actors import the ClientApp and load the default dataset). Then it serves runs
+pool of ClientApp actors and, with ``WARM_UP``, what a first run would pay
+once (the actors import the ClientApp and load the default dataset and its
+partitions; this process imports the ServerApp). Then it serves runs
 one after another with ``flwr.simulation.run_simulation`` and the project's
 ClientApp and ServerApp.
 
@@ -112,6 +113,25 @@ def _keep_pool_between_runs() -> Any:
     return pool
 
 
+def _preload(pool: Any, config: Any) -> None:
+    """Pay the first run's one-off costs before any click, without running a federation.
+
+    Each actor imports the ClientApp and loads the dataset and ``config``'s
+    partitions (what its first message would do); this process imports the
+    ServerApp and the simulation engine and loads the dataset for the
+    server-side evaluation. Cheaper than a warm-up run: no ServerApp, no rounds.
+    """
+    import ray
+
+    from fl_training import client_app, server_app  # noqa: F401 - the import is the point
+    from fl_training.datasets import load_dataset
+    from flwr.simulation import run_simulation  # noqa: F401
+
+    pending = [actor.__ray_call__.remote(lambda _actor: client_app.preload(config)) for actor in pool.pool]
+    load_dataset(config.dataset)
+    ray.get(pending, timeout=120)
+
+
 def _pool_is_whole(pool: Any) -> bool:
     import ray
 
@@ -195,10 +215,10 @@ def serve(requests: IO[bytes], events: IO[bytes], *, warm_up: bool, flower_logs:
     _start_ray()
     pool = _keep_pool_between_runs()
     if warm_up:
-        # One tiny run: the ServerApp's and the actors' first-run costs are paid before any click.
-        warm = TrainingConfig(dataset=DEFAULT_DATASET, num_clients=2, num_rounds=1, local_epochs=1)
-        if not run_one(warm, lambda _event: None, -1):
-            send(("error", None, ("runtime", "the warm-up run failed")))
+        try:
+            _preload(pool, TrainingConfig(dataset=DEFAULT_DATASET))
+        except Exception as exc:  # reported to the parent, which starts a fresh runtime
+            send(("error", None, ("runtime", f"the warm-up failed: {exc}")))
             return 1
     send(("ready", {"pid": os.getpid(), "actors": pool.num_actors}))
     while (request := read_frame(requests)) is not None:

@@ -23,11 +23,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fhe_model.connection import FHEServerHandle
+from fhe_model.developer import DEFAULT_N_BITS
+from fl_training.datasets import load_dataset
+from fl_training.simulation import TrainingResult
 from fl_training.task import TrainingConfig
 from story.errors import StepError
 from story.resume import Resumptions
 from story.session import DemoSession
-from story.shared_deployments import SharedDeployments
+from story.shared_deployments import Lease, SharedDeployments
 from story.shared_trainings import SharedTrainings
 
 logger = logging.getLogger(__name__)
@@ -154,19 +157,53 @@ class SessionRegistry:
         self._lock = threading.Lock()
         self._sweeper: threading.Thread | None = None
         self._stop = threading.Event()
+        #: Deployments made ahead of any visitor (:meth:`prepare`), released at shutdown.
+        self._ahead: list[Lease] = []
+        #: Set once :meth:`prepare`'s background work has ended (done or failed).
+        self.prepared = threading.Event()
 
-    def prepare(self, config: TrainingConfig) -> None:
-        """Warm the training runtime and train ``config`` in the background (the app's defaults at launch).
+    def prepare(self, config: TrainingConfig, n_bits: int = DEFAULT_N_BITS, calibration: str = "data") -> None:
+        """Do at launch what the first visitors will ask for: the app's default training and compile.
+
+        The training runtime warms up, ``config`` is trained, and its model is
+        compiled at ``n_bits``/``calibration`` and deployed on the FHE server,
+        all in the background. The deployment is kept until :meth:`close_all`
+        (one circuit), so visitors who keep the defaults share it at once.
+        Keys are never made ahead: each session generates its own.
 
         Parameters
         ----------
         config : TrainingConfig
             Settings most visitors will send untouched.
+        n_bits, calibration
+            The compile form's defaults.
         """
         from fl_training import simulation
 
         simulation.prepare()
         self.trainings.prefetch(config)
+        threading.Thread(target=self._deploy_ahead, args=(config, n_bits, calibration),
+                         name="deployment-prefetch", daemon=True).start()
+
+    def _deploy_ahead(self, config: TrainingConfig, n_bits: int, calibration: str) -> None:
+        try:
+            result = None
+            for item in self.trainings.stream(config):
+                result = item if isinstance(item, TrainingResult) else result
+            if result is None or self._stop.is_set():
+                return
+            lease = self.deployments.acquire(result.model, load_dataset(config.dataset), n_bits, calibration)
+            with self._lock:
+                if self._stop.is_set():
+                    lease.release()
+                    return
+                self._ahead.append(lease)
+            self.server.start()
+            lease.remote.ensure()  # the server loads it (and its FHE runtime) before the first keygen
+        except Exception:  # a visitor's own click will meet (and report) the same problem
+            logger.warning("could not prepare the default deployment ahead of time", exc_info=True)
+        finally:
+            self.prepared.set()
 
     def new_session(self) -> DemoSession:
         """A session not tied to an id (tests, scripts); :meth:`close_all` wipes it too."""
@@ -302,6 +339,10 @@ class SessionRegistry:
             sessions += list(self._all)
         for session in sessions:
             session.close()
+        with self._lock:
+            ahead, self._ahead = self._ahead, []
+        for lease in ahead:
+            lease.release()
         shutil.rmtree(self.keys_root, ignore_errors=True)
         shutil.rmtree(self.work_root, ignore_errors=True)
         for fd in self._root_locks:

@@ -142,3 +142,28 @@ def test_other_settings_compile_again(registry, model_file):
     assert registry.deployments.compiles - compiles == 2
     session.close()
     assert len(registry.deployments) == 0
+
+
+def test_the_defaults_are_trained_and_compiled_ahead_and_kept_until_shutdown():
+    registry = SessionRegistry(FHEServerHandle())
+    config = TrainingConfig(**TINY, seed=41)
+    try:
+        registry.prepare(config, n_bits=6)
+        assert registry.prepared.wait(300)
+        assert registry.trainings.runs_started == 1 and registry.deployments.compiles == 1
+        visitor = registry.new_session()
+        _, trained = _train(visitor, config)
+        compiled = visitor.compile(n_bits=6)
+        assert trained["shared"] and compiled["shared"]
+        assert registry.trainings.runs_started == 1 and registry.deployments.compiles == 1
+        keys = visitor.generate_keys()  # made now, for this visitor only
+        visitor.encrypt(sample_index=5)
+        visitor.run_on_server()
+        assert visitor.decrypt()["matches_clear"]
+        visitor.close()
+        assert _server_knows(registry, keys["deployment_id"])  # kept for the next visitor
+        registry.close_all()
+        assert len(registry.deployments) == 0 and not _server_knows(registry, keys["deployment_id"])
+    finally:
+        registry.close_all()
+        registry.server.stop()

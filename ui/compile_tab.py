@@ -53,8 +53,9 @@ def compile_markdown(summary: dict[str, Any]) -> str:
     if summary.get("resumed"):
         origin = "Your compiled model from before the page reload (nothing was compiled again).\n\n"
     elif summary.get("shared"):
-        origin = ("Another participant compiled this same model at these settings: you share their "
-                  "circuit and server deployment (your keys stay your own).\n\n")
+        origin = ("This same model was already compiled at these settings (by another participant, or "
+                  "ahead of time when the app started): you share its circuit and server deployment "
+                  "(your keys stay your own).\n\n")
     else:
         origin = ""
     return origin + (

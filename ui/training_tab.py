@@ -79,8 +79,8 @@ def samples_per_client(counts: Any) -> str:
 def joined_text(joined: Joined) -> str:
     """What a visitor reads when their training is shared with another participant's."""
     if joined.finished:
-        return ("Identical run already finished for another participant: its result is reused "
-                "(no new training).")
+        return ("Identical run already finished (for another participant, or ahead of time when the "
+                "app started): its result is reused, no new training.")
     if joined.at_round < 0:
         return "Identical run started by another participant: joined it before its first round."
     return f"Identical run started by another participant: joined at round {joined.at_round}."
