@@ -6,6 +6,7 @@ examples. Nothing here knows about encryption or the UI.
 
 from __future__ import annotations
 
+import threading
 import warnings
 from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
@@ -491,9 +492,16 @@ def train_centralized(dataset: Dataset, max_iter: int = 200) -> LogisticRegressi
     return export_model(get_parameters(model), dataset)
 
 
-@lru_cache(maxsize=8)
+_baselines: dict[str, float] = {}
+_baseline_locks: dict[str, threading.Lock] = {}
+_baseline_guard = threading.Lock()
+
+
 def baseline_accuracy(dataset_name: str) -> float:
     """Test accuracy of a model trained centrally on the whole training split.
+
+    Computed once per dataset and process: callers who ask while it is being
+    computed wait for that computation instead of starting their own.
 
     Parameters
     ----------
@@ -503,9 +511,13 @@ def baseline_accuracy(dataset_name: str) -> float:
     Returns
     -------
     float
-        Accuracy of :func:`train_centralized`'s model on the fixed test split
-        (cached per dataset).
+        Accuracy of :func:`train_centralized`'s model on the fixed test split.
     """
-    dataset = load_dataset(dataset_name)
-    model = train_centralized(dataset)
-    return float(model.score(dataset.X_test, dataset.y_test))
+    with _baseline_guard:
+        lock = _baseline_locks.setdefault(dataset_name, threading.Lock())
+    with lock:
+        if dataset_name not in _baselines:
+            dataset = load_dataset(dataset_name)
+            model = train_centralized(dataset)
+            _baselines[dataset_name] = float(model.score(dataset.X_test, dataset.y_test))
+        return _baselines[dataset_name]

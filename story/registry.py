@@ -26,7 +26,7 @@ from fhe_model.connection import FHEServerHandle
 from fhe_model.developer import DEFAULT_N_BITS
 from fl_training.datasets import load_dataset
 from fl_training.simulation import TrainingResult
-from fl_training.task import TrainingConfig
+from fl_training.task import TrainingConfig, baseline_accuracy
 from story.errors import StepError
 from story.resume import Resumptions
 from story.session import DemoSession
@@ -165,7 +165,8 @@ class SessionRegistry:
     def prepare(self, config: TrainingConfig, n_bits: int = DEFAULT_N_BITS, calibration: str = "data") -> None:
         """Do at launch what the first visitors will ask for: the app's default training and compile.
 
-        The training runtime warms up, ``config`` is trained, and its model is
+        The training runtime warms up, the dataset's central baseline is
+        computed, ``config`` is trained, and its model is
         compiled at ``n_bits``/``calibration`` and deployed on the FHE server,
         all in the background. The deployment is kept until :meth:`close_all`
         (one circuit), so visitors who keep the defaults share it at once.
@@ -187,6 +188,7 @@ class SessionRegistry:
 
     def _deploy_ahead(self, config: TrainingConfig, n_bits: int, calibration: str) -> None:
         try:
+            baseline_accuracy(config.dataset)  # every visitor's chart shows it; computed once
             result = None
             for item in self.trainings.stream(config):
                 result = item if isinstance(item, TrainingResult) else result

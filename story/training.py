@@ -65,9 +65,7 @@ class TrainingSteps(SessionCore):
         with self._step("training"):
             dataset = load_dataset(cfg.dataset)
             partition_indices(cfg)  # refuse impossible partitions before anything slow
-            # Computed before Ray starts, never beside it: Ray forks its processes
-            # while starting, and a fork during a BLAS call in another thread hangs
-            # both (OpenBLAS's fork handlers). Cached per dataset afterwards.
+            # Once per dataset and app (concurrent visitors wait for the one computation).
             try:
                 baseline: float | None = baseline_accuracy(cfg.dataset)
             except Exception as exc:  # the baseline is a comparison, not a requirement

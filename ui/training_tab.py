@@ -19,6 +19,7 @@ from ui import dp_panel, figures, updates_panel
 from ui.common import LIGHT, PROGRESS, REFRESH, TRAINING, DemoContext, lenient, pipeline_status
 from ui.errors import USER_ERRORS, user_errors
 from ui.files import hold_upload, serve_file
+from ui.plot_cache import PlotCache
 
 #: Defaults sized for a 2-core laptop: ~1.5 s for mnist-5k once the training runtime is warm.
 DEFAULT_CLIENTS = 5
@@ -26,6 +27,9 @@ DEFAULT_ROUNDS = 3
 _DEFAULTS = TrainingConfig()
 #: What the form sends untouched: trained once at launch (``SessionRegistry.prepare``).
 DEFAULT_TRAINING = TrainingConfig(num_clients=DEFAULT_CLIENTS, num_rounds=DEFAULT_ROUNDS)
+
+#: Training charts, shared by every visitor of a shared run (see ui.plot_cache).
+CHARTS = PlotCache()
 
 #: Rounds arriving faster than this (a shared run catching up) update the log, not the chart.
 PLOT_INTERVAL_SECONDS = 0.25
@@ -309,7 +313,18 @@ def _wire_preview(ctx: DemoContext, settings: Settings, results: Results) -> Non
     )
 
 
+def _history_key(history: list[Any]) -> tuple:
+    """What the training chart shows of each round (equal keys, equal charts)."""
+    return tuple((r.round, r.accuracy, r.loss, r.client_accuracy, r.client_loss, r.epsilon) for r in history)
+
+
 def _wire_training(ctx: DemoContext, settings: Settings, results: Results) -> None:
+    def chart(history: list[Any], total_rounds: int, baseline: float | None = None) -> Any:
+        """The rounds so far, drawn once for every visitor who sees the same run."""
+        key = ("training", _history_key(history), total_rounds, baseline)
+        return CHARTS.get(results.curves, key,
+                          lambda: figures.training_figure(history, total_rounds, baseline))
+
     @user_errors
     def train(
         dataset: str = DEFAULT_DATASET,
@@ -344,13 +359,13 @@ def _wire_training(ctx: DemoContext, settings: Settings, results: Results) -> No
         skip = gr.skip()
         progress(0, desc="Training the centralized baseline …")
         yield (skip, "… Training a centralized baseline for comparison …",
-               figures.training_figure([], cfg.num_rounds), round_log([]), skip, skip, session, skip)
+               chart([], cfg.num_rounds), round_log([]), skip, skip, session, skip)
         for item in session.train(cfg):
             if isinstance(item, Baseline):
                 baseline = item.accuracy
                 progress(0, desc="Starting the Flower simulation …")
                 yield (skip, "… Starting the Flower simulation …",
-                       figures.training_figure([], cfg.num_rounds, baseline), skip, skip, skip, session, skip)
+                       chart([], cfg.num_rounds, baseline), skip, skip, skip, session, skip)
             elif isinstance(item, Joined):
                 shared_note = joined_text(item)
                 yield (skip, f"… {shared_note}", skip, skip, skip, skip, session, skip)
@@ -364,7 +379,7 @@ def _wire_training(ctx: DemoContext, settings: Settings, results: Results) -> No
                 yield (
                     summary,
                     f"{done} {shared_note}".strip(),
-                    figures.training_figure(history, cfg.num_rounds, summary.get("baseline_accuracy")),
+                    chart(history, cfg.num_rounds, summary.get("baseline_accuracy")),
                     round_log(history),
                     summary_markdown(summary),
                     serve_file(session.while_current("model"), session.model_file),
@@ -382,7 +397,7 @@ def _wire_training(ctx: DemoContext, settings: Settings, results: Results) -> No
                 plot = skip
                 if time.monotonic() - last_plot >= PLOT_INTERVAL_SECONDS:
                     last_plot = time.monotonic()
-                    plot = figures.training_figure(history, cfg.num_rounds, baseline)
+                    plot = chart(history, cfg.num_rounds, baseline)
                 yield (skip, text, plot, round_log(history), skip, skip, session, skip)
 
     settings.start.click(
