@@ -187,8 +187,9 @@ class TrainingRuntime:
     Parameters
     ----------
     warm_up : bool, default=True
-        Run one tiny training while starting, so that the first real run is
-        as fast as the next ones (a web app wants this; a one-off CLI run does not).
+        Preload the ClientApp, the default dataset and its partitions in the
+        actors while starting, so that the first real run is as fast as the
+        next ones (a web app wants this; a one-off CLI run does not).
     flower_logs : bool, default=False
         Let Flower's INFO log through to the console.
     stall_seconds : float, default=STALL_SECONDS
@@ -339,6 +340,18 @@ class TrainingRuntime:
     def waiting(self) -> int:
         """Runs waiting for their turn."""
         return len(self._waiting)
+
+    @property
+    def load(self) -> int:
+        """Runs waiting or running."""
+        with self._turns:
+            return len(self._waiting) + (1 if self._running is not None else 0)
+
+    @property
+    def ready(self) -> bool:
+        """True when a live worker can take a run now (no start-up to wait for)."""
+        worker = self._worker
+        return worker is not None and worker.ready.is_set() and worker.alive()
 
     # -- a run -------------------------------------------------------------
 

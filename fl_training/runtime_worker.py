@@ -122,10 +122,10 @@ def _preload(pool: Any, config: Any) -> None:
     server-side evaluation. Cheaper than a warm-up run: no ServerApp, no rounds.
     """
     import ray
+    from flwr.simulation import run_simulation  # noqa: F401
 
     from fl_training import client_app, server_app  # noqa: F401 - the import is the point
     from fl_training.datasets import load_dataset
-    from flwr.simulation import run_simulation  # noqa: F401
 
     pending = [actor.__ray_call__.remote(lambda _actor: client_app.preload(config)) for actor in pool.pool]
     load_dataset(config.dataset)

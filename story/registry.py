@@ -162,7 +162,9 @@ class SessionRegistry:
         #: Set once :meth:`prepare`'s background work has ended (done or failed).
         self.prepared = threading.Event()
 
-    def prepare(self, config: TrainingConfig, n_bits: int = DEFAULT_N_BITS, calibration: str = "data") -> None:
+    def prepare(
+        self, config: TrainingConfig, n_bits: int = DEFAULT_N_BITS, calibration: str = "data"
+    ) -> None:
         """Do at launch what the first visitors will ask for: the app's default training and compile.
 
         The training runtime warms up, the dataset's central baseline is
