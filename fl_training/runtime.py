@@ -47,6 +47,11 @@ STALL_SECONDS = 30.0
 START_TIMEOUT_SECONDS = 120.0
 #: A run's duration before any run has been timed, for the first wait estimates.
 FIRST_RUN_ESTIMATE_SECONDS = 3.0
+#: Expected start-up of a worker (Ray, the actors, their preload), for the wait estimates.
+START_ESTIMATE_SECONDS = 12.0
+#: A runtime chosen for a run (:meth:`TrainingRuntime.reserve`) counts it as queued until the
+#: run joins the queue, or for this long at most.
+RESERVATION_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,7 @@ class _Worker:
         finally:
             os.close(write_fd)
         self.ready = threading.Event()
+        self.started = time.monotonic()
         self.failed: str | None = None
         self.idle = threading.Event()
         self.idle.set()
@@ -207,6 +213,7 @@ class TrainingRuntime:
         self._lock = threading.Lock()
         self._turns = threading.Condition()
         self._waiting: deque[object] = deque()
+        self._reserved: deque[float] = deque()
         self._running: object | None = None
         self._run_started = 0.0
         self._durations: deque[float] = deque(maxlen=8)
@@ -307,6 +314,8 @@ class TrainingRuntime:
         reported = None
         with self._turns:
             self._waiting.append(token)
+            if self._reserved:
+                self._reserved.popleft()  # this run was one of them
             try:
                 while self._running is not None or self._waiting[0] is not token:
                     if self._closed:
@@ -343,9 +352,31 @@ class TrainingRuntime:
 
     @property
     def load(self) -> int:
-        """Runs waiting or running."""
+        """Runs running, waiting, or sent here and about to wait."""
         with self._turns:
-            return len(self._waiting) + (1 if self._running is not None else 0)
+            return self._ahead_locked()
+
+    def reserve(self) -> None:
+        """Count a run sent here that has not asked for its turn yet (for :data:`RESERVATION_SECONDS`)."""
+        with self._turns:
+            self._reserved.append(time.monotonic())
+
+    def _ahead_locked(self) -> int:
+        expired = time.monotonic() - RESERVATION_SECONDS
+        while self._reserved and self._reserved[0] < expired:
+            self._reserved.popleft()
+        return len(self._reserved) + len(self._waiting) + (1 if self._running is not None else 0)
+
+    def expected_wait(self) -> float:
+        """Seconds a run submitted now would likely wait before it starts (start-up included)."""
+        worker = self._worker
+        booting = 0.0
+        if worker is None or not worker.ready.is_set():
+            since = time.monotonic() - worker.started if worker is not None else 0.0
+            booting = max(1.0, START_ESTIMATE_SECONDS - since)
+        with self._turns:
+            ahead = self._ahead_locked()
+            return booting + (self._estimate(ahead) if ahead else 0.0)
 
     @property
     def ready(self) -> bool:

@@ -110,21 +110,23 @@ def max_runtimes() -> int:
 def runtime() -> TrainingRuntime:
     """The shared runtime a new training should go to (created on first use, not started).
 
-    The least busy runtime that is ready, or the first one while none is.
-    When every ready runtime already has a run waiting and fewer than
-    :func:`max_runtimes` exist, another one starts in the background: it takes
-    trainings once it is warm, and stays for the next ones.
+    The one where it would likely start soonest (its queue, and the rest of
+    its start-up if it is still booting). When every runtime is up and the
+    chosen one already has a run waiting, another one starts in the
+    background (up to :func:`max_runtimes`): trainings submitted while it
+    boots go to it once that is quicker than their queue, and it stays for the
+    next ones.
     """
     with _runtime_lock:
         if not _runtimes:
             _runtimes.append(TrainingRuntime())
-        ready = [engine for engine in _runtimes if engine.ready]
-        chosen = min(ready or _runtimes[:1], key=lambda engine: engine.load)
-        starting = len(ready) < len(_runtimes)  # one boots at a time, never beside the first's boot
-        if chosen.load >= 2 and not starting and len(_runtimes) < max_runtimes():
+        chosen = min(_runtimes, key=lambda engine: engine.expected_wait())
+        all_up = all(engine.ready for engine in _runtimes)  # one boots at a time
+        if all_up and chosen.load >= 2 and len(_runtimes) < max_runtimes():
             extra = TrainingRuntime()
             extra.start()
             _runtimes.append(extra)
+        chosen.reserve()  # counted at once, so that callers arriving together spread out
         return chosen
 
 
