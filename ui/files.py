@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 
 from story import DemoSession
+from story.base import StepScope
 
 _held: dict[Path, int] = {}
 _held_lock = threading.Lock()
@@ -60,13 +61,14 @@ def hold_upload(session: DemoSession, path: str | None) -> None:
     session.add_cleanup(functools.partial(_release, resolved))  # runs at once if the session has ended
 
 
-def serve_file(session: DemoSession, path: str | Path) -> str:
+def serve_file(session: DemoSession | StepScope, path: str | Path) -> str:
     """The path a handler returns to offer ``path`` for download during ``session`` only.
 
     Parameters
     ----------
-    session : DemoSession
-        The session the file belongs to.
+    session : DemoSession or StepScope
+        The session the file belongs to, or one of its records
+        (``session.while_current("model")``): the copy goes with it.
     path : str or Path
         A file in the session's work directory (never a key directory:
         those are blocked from serving).
