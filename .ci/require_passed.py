@@ -1,9 +1,11 @@
-"""Fail unless every test of the given files ran and passed, according to pytest's JUnit report.
+"""Fail unless every test of the given files ran and passed, and no test failed, per pytest's JUnit report.
 
 Usage: python .ci/require_passed.py REPORT.xml tests/test_x.py [...]
 
-A test that was skipped, deselected or never collected counts as not run:
-CI must not go green without it. Standard library only.
+A required test that was skipped, deselected or never collected counts as not
+run: CI must not go green without it. Any failed or errored test in the report
+fails too, whatever exit status the test command ended with (a library's exit
+handler can replace pytest's). Standard library only.
 """
 
 from __future__ import annotations
@@ -26,6 +28,15 @@ def outcomes(report: Path, test_file: str) -> dict[str, str]:
     return found
 
 
+def failures(report: Path) -> list[str]:
+    """``module::name`` of every failed or errored test in ``report``."""
+    return [
+        f"{case.get('classname', '?')}::{case.get('name', '?')}"
+        for case in ElementTree.parse(report).getroot().iter("testcase")
+        if {child.tag for child in case} & {"failure", "error"}
+    ]
+
+
 def main(argv: list[str]) -> int:
     if len(argv) < 2:
         print(__doc__, file=sys.stderr)
@@ -40,6 +51,7 @@ def main(argv: list[str]) -> int:
         if not found:
             problems.append(f"{test_file}: no test ran (deselected, not collected or skipped at import)")
         problems += [f"{test_file}::{name} {result}" for name, result in found.items() if result != "passed"]
+    problems += [f"{name} failed" for name in failures(report) if not any(name in p for p in problems)]
     if problems:
         print("CI: required tests did not pass:\n  " + "\n  ".join(problems), file=sys.stderr)
         return 1

@@ -45,6 +45,8 @@ SESSIONS_FULL = (
     "The demo is at capacity: {count} visitors' sessions are open right now. Nothing was "
     "started for you; please retry in a few minutes (idle sessions close after {ttl} minutes)."
 )
+#: Logged once :meth:`SessionRegistry.prepare`'s work is done (``could not prepare`` if it failed).
+PREPARED_MESSAGE = "the app's defaults are ready"
 #: Prefixes of the app's directories in the temp directory.
 KEYS_ROOT_PREFIX = "fhe-demo-keys-"
 WORK_ROOT_PREFIX = "fhe-demo-work-"
@@ -204,6 +206,8 @@ class SessionRegistry:
                 self._ahead.append(lease)
             self.server.start()
             lease.remote.ensure()  # the server loads it (and its FHE runtime) before the first keygen
+            logger.info("%s: prepared ahead of any visitor (trained, compiled at n_bits %d, deployed)",
+                        PREPARED_MESSAGE, n_bits)
         except Exception:  # a visitor's own click will meet (and report) the same problem
             logger.warning("could not prepare the default deployment ahead of time", exc_info=True)
         finally:

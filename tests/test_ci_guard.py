@@ -39,6 +39,8 @@ BROWSER_TESTS = {
     "skips": "import pytest\n\n\ndef test_browser():\n    pytest.skip('no browser here')\n",
     "is deselected": "import pytest\n\n\n@pytest.mark.browser\ndef test_browser():\n    pass\n",
     "is missing": None,
+    # Passes, but another test fails and the run's exit status says success anyway.
+    "passes beside a failure hidden from the exit status": "def test_browser():\n    pass\n",
 }
 
 
@@ -51,6 +53,10 @@ def test_ci_run_fails_unless_the_browser_test_ran_and_passed(tmp_path, browser_t
     tests.mkdir()
     (tests / "__init__.py").write_text("")
     (tests / "test_unit.py").write_text("def test_unit():\n    pass\n")
+    if browser_test.startswith("passes beside"):
+        (tests / "test_other.py").write_text("def test_other():\n    assert False\n")
+        (tests / "conftest.py").write_text(
+            "def pytest_sessionfinish(session, exitstatus):\n    session.exitstatus = 0\n")
     if BROWSER_TESTS[browser_test] is not None:
         (tests / "test_ui_browser.py").write_text(BROWSER_TESTS[browser_test])
     deselect = ' -m "not browser"' if browser_test == "is deselected" else ""
@@ -69,6 +75,9 @@ def test_ci_run_fails_unless_the_browser_test_ran_and_passed(tmp_path, browser_t
     if browser_test == "passes":
         assert run.returncode == 0, run.stderr
         assert "required tests passed: tests/test_ui_browser.py" in run.stdout
+    elif browser_test.startswith("passes beside"):
+        assert run.returncode != 0, "CI went green although a test failed"
+        assert "tests.test_other::test_other failed" in run.stderr
     else:
         assert run.returncode != 0, f"CI went green although the browser test {browser_test}"
         assert "required tests did not pass" in run.stderr
