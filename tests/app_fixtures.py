@@ -65,6 +65,16 @@ def launched_app() -> Iterator[LaunchedApp]:
         yield app
 
 
+@pytest.fixture(scope="module")
+def app() -> Iterator[tuple[gr.Blocks, SessionRegistry]]:
+    """The demo's Blocks and registry, not launched (handlers are called directly); one per module."""
+    registry = SessionRegistry(FHEServerHandle())
+    demo = build_demo(registry)
+    yield demo, registry
+    registry.close_all()
+    registry.server.stop()
+
+
 def handler(demo: gr.Blocks, api_name: str) -> Callable:
     """The function behind the event with ``api_name`` (as wrapped for gradio)."""
     for block_fn in demo.fns.values():

@@ -7,6 +7,7 @@ several modules would build them once per module).
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,3 +72,14 @@ def keyed_client(digits_deployment, tmp_path):
 @pytest.fixture(scope="session")
 def admin_token() -> str:
     return ADMIN_TOKEN
+
+
+def read_status(sock: socket.socket) -> int:
+    """The HTTP status code of the response arriving on a raw socket."""
+    data = b""
+    while b"\r\n" not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return int(data.split(b" ", 2)[1])

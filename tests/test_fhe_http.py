@@ -15,6 +15,7 @@ from fhe_model.evaluation import default_workers, evaluate_encrypted, http_serve
 from fhe_model.http_client import FHEServerClient, FHEServerError
 from fhe_model.http_server import HTTPSettings, start_local_server
 from fhe_model.server import FHEServer
+from tests.fhe_fixtures import read_status
 
 pytest_plugins = ["tests.fhe_fixtures"]
 
@@ -179,22 +180,12 @@ def _raw_request(url: str, head: str, body: bytes = b"") -> socket.socket:
     return sock
 
 
-def _read_status(sock: socket.socket) -> int:
-    data = b""
-    while b"\r\n" not in data:
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
-        data += chunk
-    return int(data.split(b" ", 2)[1])
-
-
 def test_oversized_bodies_are_413(server, raw, key_id, keyed_client, digits_deployment):
     # Declared too big: refused before a byte of the body is read.
     sock = _raw_request(server.url, f"POST /predict?key_id={key_id} HTTP/1.1\r\nHost: x\r\n"
                         f"Content-Length: {10**9}\r\n\r\n")
     try:
-        assert _read_status(sock) == 413
+        assert read_status(sock) == 413
     finally:
         sock.close()
     # No Content-Length (chunked): refused once the streamed size passes the limit.

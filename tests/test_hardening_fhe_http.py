@@ -27,6 +27,7 @@ from fhe_model.deployment import DeploymentFormatError, check_server_zip, make_b
 from fhe_model.http_client import FHEServerClient, FHEServerError
 from fhe_model.http_server import HTTPSettings, start_local_server
 from fhe_model.server import FHEServer, MalformedPayloadError, StoreLimits
+from tests.fhe_fixtures import read_status
 
 pytest_plugins = ["tests.fhe_fixtures"]
 
@@ -387,16 +388,6 @@ def _held_body(url: str, key_id: str, source: str = "127.0.0.1") -> socket.socke
     return sock
 
 
-def _status(sock: socket.socket) -> int:
-    data = b""
-    while b"\r\n" not in data:
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
-        data += chunk
-    return int(data.split(b" ", 2)[1])
-
-
 def _wait_for(condition, what: str, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -428,7 +419,7 @@ def test_slow_bodies_hold_no_compute_slot_and_no_other_client(digits_deployment,
                                               content=keyed_client.encrypt(x).ciphertext)
                 assert response.status_code == 200, response.text
             # Each slow body is cut after one request's time.
-            assert [_status(sock) for sock in held] == [408] * 4
+            assert [read_status(sock) for sock in held] == [408] * 4
         finally:
             for sock in held:
                 sock.close()

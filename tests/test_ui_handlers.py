@@ -16,22 +16,13 @@ import gradio as gr
 import numpy as np
 import pytest
 
-from app import build_demo
-from fhe_model.connection import FHEServerHandle
 from fl_training.datasets import load_dataset
 from fl_training.model_io import save_model
 from fl_training.task import train_centralized
-from story import SessionRegistry
 from tests.app_fixtures import SMALL_TRAINING, digit_drawing, handler
 
-
-@pytest.fixture(scope="module")
-def app():
-    registry = SessionRegistry(FHEServerHandle())
-    demo = build_demo(registry)
-    yield demo, registry
-    registry.close_all()
-    registry.server.stop()
+#: The module-scoped `app` fixture (Blocks and registry, not launched).
+pytest_plugins = ["tests.app_fixtures"]
 
 
 def call(demo, api_name, *args, **kwargs):

@@ -6,20 +6,11 @@ from __future__ import annotations
 import pytest
 from matplotlib.figure import Figure
 
-from app import build_demo
-from fhe_model.connection import FHEServerHandle
-from story import SessionRegistry
 from story.updates import ServerViews
 from tests.app_fixtures import SMALL_TRAINING, handler
 
-
-@pytest.fixture(scope="module")
-def app():
-    registry = SessionRegistry(FHEServerHandle())
-    demo = build_demo(registry)
-    yield demo, registry
-    registry.close_all()
-    registry.server.stop()
+#: The module-scoped `app` fixture (Blocks and registry, not launched).
+pytest_plugins = ["tests.app_fixtures"]
 
 
 def train(demo, session, **settings) -> dict:
