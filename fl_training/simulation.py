@@ -118,8 +118,7 @@ def runtime() -> TrainingRuntime:
     next ones.
     """
     with _runtime_lock:
-        if not _runtimes:
-            _runtimes.append(TrainingRuntime())
+        _first_locked()
         chosen = min(_runtimes, key=lambda engine: engine.expected_wait())
         all_up = all(engine.ready for engine in _runtimes)  # one boots at a time
         if all_up and chosen.load >= 2 and len(_runtimes) < max_runtimes():
@@ -130,6 +129,12 @@ def runtime() -> TrainingRuntime:
         return chosen
 
 
+def _first_locked() -> TrainingRuntime:
+    if not _runtimes:
+        _runtimes.append(TrainingRuntime())
+    return _runtimes[0]
+
+
 def runtimes() -> list[TrainingRuntime]:
     """Every shared runtime of this process (for monitoring and tests)."""
     with _runtime_lock:
@@ -137,10 +142,14 @@ def runtimes() -> list[TrainingRuntime]:
 
 
 def prepare() -> TrainingRuntime:
-    """Start the first shared runtime in the background, so that the first training finds it warm."""
-    shared = runtime()
-    shared.start()
-    return shared
+    """Start the first shared runtime in the background, so that the first training finds it warm.
+
+    Nothing is reserved on it (no run is sent yet, unlike :func:`runtime`).
+    """
+    with _runtime_lock:
+        first = _first_locked()
+    first.start()
+    return first
 
 
 def shutdown() -> None:
