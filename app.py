@@ -15,19 +15,27 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from fl_training import simulation
+from story import launch
 
 if __name__ == "__main__":
     # The training runtime (Ray, the ClientApp actors) boots in its own process while this
     # one imports the UI: a visitor's first training no longer waits for both in a row.
-    simulation.prepare()
+    launch.start_training_runtime()
 
 import gradio as gr  # noqa: E402 - after the runtime's start on purpose
 
-from fhe_model.connection import FHEServerHandle  # noqa: E402
-from fl_training.model_io import MAX_MODEL_FILE_BYTES  # noqa: E402
 from story import DEFAULT_IDLE_TTL_SECONDS, SessionRegistry  # noqa: E402
-from ui import about_tab, compile_tab, evaluation_tab, image_guard, inference_tab, page, training_tab  # noqa: E402
+from story.forms import MAX_MODEL_FILE_BYTES, TRAINING_FORM  # noqa: E402
+from ui import (  # noqa: E402
+    about_tab,
+    classroom_tab,
+    compile_tab,
+    evaluation_tab,
+    image_guard,
+    inference_tab,
+    page,
+    training_tab,
+)
 from ui.common import DemoContext, pipeline_status  # noqa: E402
 
 TITLE = "Private ML end to end: federated learning + encrypted inference"
@@ -59,7 +67,7 @@ def build_demo(registry: SessionRegistry | None = None) -> gr.Blocks:
         The demo, with its queue configured; ``demo.registry`` is the registry.
     """
     if registry is None:
-        registry = SessionRegistry(FHEServerHandle.from_env())
+        registry = launch.registry_from_env()
     image_guard.install()  # image inputs are checked before Gradio decodes them
     with gr.Blocks(title="FL + FHE demo", delete_cache=DELETE_CACHE) as demo:
         state = gr.State(None, delete_callback=functools.partial(page.close_state, registry))
@@ -76,7 +84,9 @@ def build_demo(registry: SessionRegistry | None = None) -> gr.Blocks:
                 inference_tab.build(ctx, inference)
             with gr.Tab("4 · Encrypted evaluation", id="evaluation"):
                 evaluation_tab.build(ctx)
-            with gr.Tab("5 · About", id="about"):
+            with gr.Tab("5 · Classroom", id="classroom"):
+                classroom_tab.build(ctx)
+            with gr.Tab("6 · About", id="about"):
                 about_tab.build()
         page.build(ctx, notice)  # a reload resumes the model; closing the tab deletes the private key
     # Room for a workshop of 30, each with a few events waiting.
@@ -126,18 +136,16 @@ def main() -> None:
     # `kill`, `docker stop` and systemd send SIGTERM: shut down as on Ctrl-C, so that the
     # sessions' keys, files and compiled circuits are deleted before the process ends.
     signal.signal(signal.SIGTERM, _interrupt)
-    registry = SessionRegistry(FHEServerHandle.from_env())
-    # The training runtime boots (Ray, actors) while the FHE server and the UI start.
-    registry.prepare(training_tab.DEFAULT_TRAINING)
+    registry = launch.registry_from_env()
+    # The defaults are trained, compiled and deployed while the FHE server and the UI start.
+    registry.prepare(TRAINING_FORM)
     url = registry.server.start()
     logging.getLogger(__name__).info("FHE server: %s", url)
     demo = build_demo(registry)
     try:
         demo.launch(**launch_options(registry))
     finally:
-        registry.close_all()
-        registry.server.stop()
-        simulation.shutdown()
+        launch.shut_down(registry)
 
 
 if __name__ == "__main__":

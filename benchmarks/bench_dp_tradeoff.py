@@ -11,7 +11,7 @@ figures as JSON; ``ui/dp_tradeoff.json`` is what the app's chart shows.
         [--seeds 3] [--output ui/dp_tradeoff.json]
 
 ``--clipping`` accepts several values to compare clipping norms (the app's
-default, ``fl_training.task.TrainingConfig.clipping_norm``, came from such a run).
+default, ``fl_training.config.TrainingConfig.clipping_norm``, came from such a run).
 """
 
 from __future__ import annotations
@@ -43,10 +43,9 @@ def main() -> None:
     args = parser.parse_args()
 
     from fl_training import simulation
-    from fl_training.task import TrainingConfig
-    from ui.dp_panel import dp_training
+    from fl_training.config import PRESETS, TrainingConfig
 
-    suggested = dp_training()
+    suggested = PRESETS["differential-privacy"]
     base = replace(suggested, differential_privacy=False, num_clients=args.clients or suggested.num_clients,
                    num_rounds=args.rounds or suggested.num_rounds)
     clippings = args.clipping or [TrainingConfig().clipping_norm]

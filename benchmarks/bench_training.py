@@ -94,9 +94,10 @@ def _stop_processes_mentioning(text: str) -> None:
 
 def breakdown() -> dict:
     """Where a run goes on the warm runtime: start-up, rounds, teardown; and the app's default click."""
+    from fl_training.config import TrainingConfig
     from fl_training.runtime import TrainingRuntime
     from fl_training.simulation import TrainingResult, stream_training
-    from fl_training.task import TrainingConfig, partition_indices
+    from fl_training.task import partition_indices
 
     start = time.perf_counter()
     engine = TrainingRuntime(warm_up=True)

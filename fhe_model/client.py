@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from fhe_model.concrete_modules import concrete
 from fhe_model.deployment import CLIENT_ZIP, check_client_zip, first_line, read_model_info
-from fl_training.validation import InvalidParameterError
+from fl_training.validation import SettingError
 
 #: Bytes of ciphertext shown in previews. Taken from the middle of the message:
 #: its first ~64 bytes are a fixed Cap'n Proto header, the same for every input.
@@ -175,7 +176,7 @@ class FHEClient:
     """
 
     def __init__(self, deployment_dir: str | os.PathLike, key_dir: str | os.PathLike):
-        from concrete.ml.deployment import FHEModelClient
+        FHEModelClient = concrete().FHEModelClient
 
         deployment_dir = Path(deployment_dir)
         client_zip = deployment_dir / CLIENT_ZIP
@@ -276,7 +277,7 @@ class FHEClient:
 
         Raises
         ------
-        InvalidParameterError
+        SettingError
             If ``x`` is not one finite sample of the right width.
         """
         self._require_keys()
@@ -284,15 +285,15 @@ class FHEClient:
         if sample.ndim == 1:
             sample = sample[None, :]
         if sample.ndim != 2 or sample.shape[0] != 1:
-            raise InvalidParameterError(
+            raise SettingError(
                 f"encrypt() takes one sample, shape (n_features,) or (1, n_features); got {np.shape(x)}."
             )
         if self.n_features is not None and sample.shape[1] != self.n_features:
-            raise InvalidParameterError(
+            raise SettingError(
                 f"The model takes {self.n_features} features, this sample has {sample.shape[1]}."
             )
         if not np.all(np.isfinite(sample)):
-            raise InvalidParameterError("The sample contains NaN or infinity.")
+            raise SettingError("The sample contains NaN or infinity.")
         start = time.perf_counter()
         ciphertext = self._fhe.quantize_encrypt_serialize(sample)
         seconds = time.perf_counter() - start

@@ -265,22 +265,6 @@ class RemoteDeployment:
                 return self._deployment_id
             return self._upload_locked()
 
-    def reupload(self) -> str:
-        """Upload the deployment again (the server answered 404 for its id); return the new id.
-
-        Returns
-        -------
-        str
-            The new deployment id.
-
-        Raises
-        ------
-        FHEServerError
-            If the server refused the upload, or the admin token is missing.
-        """
-        with self._lock:
-            return self._upload_locked()
-
     def _renew(self, stale_id: str | None) -> str:
         """Upload again unless another caller already replaced ``stale_id``."""
         with self._lock:

@@ -483,25 +483,6 @@ def deployment_paths(directory: str | os.PathLike) -> tuple[Path, Path]:
     return client_zip, server_zip
 
 
-def read_report(directory: str | os.PathLike) -> dict[str, Any] | None:
-    """Return the compile report saved next to a deployment, if any.
-
-    Parameters
-    ----------
-    directory : path-like
-        A deployment directory.
-
-    Returns
-    -------
-    dict or None
-        The parsed ``deployment.json``.
-    """
-    path = Path(directory) / REPORT_FILE
-    if not path.is_file():
-        return None
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
 def remove_circuit_files(circuit_server: Any) -> bool:
     """Delete the temporary directory Concrete compiled a circuit's library into.
 

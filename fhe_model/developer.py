@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
+from fhe_model import concrete_modules
+from fhe_model.concrete_modules import concrete
 from fhe_model.deployment import (
     CLIENT_ZIP,
     MODEL_INFO_ENTRY,
@@ -32,7 +34,7 @@ from fhe_model.deployment import (
 )
 from fl_training.datasets import Dataset
 from fl_training.model_io import check_model, check_model_fits
-from fl_training.validation import InvalidParameterError, one_of, whole_number
+from fl_training.validation import OneOf, Whole, check_settings
 
 if TYPE_CHECKING:
     from concrete.ml.sklearn import LogisticRegression as ConcreteLogisticRegression
@@ -48,6 +50,13 @@ DEFAULT_N_BITS = 8
 #: holds no data at all.
 CALIBRATION_MODES: tuple[str, ...] = ("data", "random")
 DEFAULT_CALIBRATION_SAMPLES = 1000
+#: The compile settings a request may choose; the compile form and the command line read them.
+COMPILE_CONSTRAINTS = {
+    "n_bits": Whole(N_BITS_MIN, N_BITS_MAX, advice=(
+        "With fewer bits the model barely beats chance, with more Concrete finds no crypto parameters. "
+        f"Pass e.g. n_bits={DEFAULT_N_BITS} (clear-model accuracy on MNIST).")),
+    "calibration": OneOf(CALIBRATION_MODES),
+}
 
 #: Values :func:`n_bits_sweep` compiles, the test samples it scores per value,
 #: and its calibration rows (fewer than a deployment's: a sweep compiles 5 times).
@@ -156,53 +165,29 @@ class DeploymentFiles:
     server_zip_bytes: int
 
 
-def validate_n_bits(n_bits: object) -> int:
-    """Return ``n_bits`` as an int if Concrete can compile it, else raise.
+def check_compile_settings(n_bits: object = DEFAULT_N_BITS, calibration: object = "data") -> tuple[int, str]:
+    """Check a compile request against :data:`COMPILE_CONSTRAINTS`.
 
     Parameters
     ----------
     n_bits : object
-        Candidate value. Whole-number floats such as ``8.0`` (what a UI slider
-        or a JSON API sends) are accepted; bools, NaN and strings are not.
+        Whole-number floats such as ``8.0`` (what a UI slider or a JSON API
+        sends) are accepted; bools, NaN and strings are not.
+    calibration : object
+        One of :data:`CALIBRATION_MODES`.
 
     Returns
     -------
-    int
-        The validated value.
+    n_bits, calibration : int, str
+        The values in their proper types.
 
     Raises
     ------
-    InvalidParameterError
-        If it is not a whole number in ``N_BITS_MIN..N_BITS_MAX``.
+    SettingError
+        Naming the setting and its valid values.
     """
-    try:
-        return whole_number("n_bits", n_bits, N_BITS_MIN, N_BITS_MAX)
-    except InvalidParameterError as exc:
-        raise InvalidParameterError(
-            f"{exc} With fewer bits the model barely beats chance, with more Concrete finds no "
-            f"crypto parameters. Pass e.g. n_bits={DEFAULT_N_BITS} (clear-model accuracy on MNIST)."
-        ) from None
-
-
-def validate_calibration(mode: object) -> str:
-    """Return ``mode`` if it is one of :data:`CALIBRATION_MODES`, else raise.
-
-    Parameters
-    ----------
-    mode : object
-        Candidate calibration mode.
-
-    Returns
-    -------
-    str
-        The validated mode.
-
-    Raises
-    ------
-    InvalidParameterError
-        If it is not ``"data"`` or ``"random"``.
-    """
-    return one_of("calibration", mode, CALIBRATION_MODES)
+    checked = check_settings(COMPILE_CONSTRAINTS, {"n_bits": n_bits, "calibration": calibration})
+    return checked["n_bits"], checked["calibration"]
 
 
 def calibration_inputs(
@@ -233,9 +218,9 @@ def calibration_inputs(
     Raises
     ------
     ValueError
-        If ``mode`` or ``n_samples`` is invalid.
+        If ``n_samples`` is invalid (``mode`` is checked with the request, by
+        :func:`check_compile_settings`).
     """
-    mode = validate_calibration(mode)
     if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
         raise ValueError(f"calibration_samples must be a positive integer, got {n_samples!r}.")
     rng = np.random.default_rng(seed)
@@ -257,14 +242,12 @@ def _prepare_concrete_thread() -> None:
     no attribute 'stack'`` (zama-ai/concrete-ml#1044). Setting the import-time
     defaults where missing is harmless in the importing thread.
     """
-    import importlib
-
     # The modules, not the same-named functions concrete.fhe.extensions re-exports.
-    tag = importlib.import_module("concrete.fhe.extensions.tag")
+    tag = concrete_modules.module("concrete.fhe.extensions.tag")
     if not hasattr(tag.tag_context, "stack"):
         tag.tag_context.stack = []
     for name in ("round_bit_pattern", "truncate_bit_pattern"):
-        local = importlib.import_module(f"concrete.fhe.extensions.{name}").local
+        local = concrete_modules.module(f"concrete.fhe.extensions.{name}").local
         if not hasattr(local, "_is_adjusting"):
             local._is_adjusting = False
 
@@ -369,8 +352,7 @@ def compile_model(
     OSError
         If the temp directory is nearly full (:func:`check_free_space`).
     """
-    n_bits = validate_n_bits(n_bits)
-    calibration = validate_calibration(calibration)
+    n_bits, calibration = check_compile_settings(n_bits, calibration)
     check_model(model)
     check_model_fits(model, dataset)
     calibration_X = calibration_inputs(dataset, calibration, calibration_samples, seed)
@@ -380,51 +362,18 @@ def compile_model(
         raise ValueError(f"evaluation_samples must be a positive integer, got {evaluation_samples!r}.")
 
     check_free_space()
-    # Imported here: concrete-ml takes seconds to import, and modules that only
-    # describe results (reports, CLI --help) should not pay for it.
-    from concrete import fhe
-    from concrete.ml.sklearn import LogisticRegression as ConcreteLogisticRegression
-
     start = time.perf_counter()
-    concrete_model = ConcreteLogisticRegression.from_sklearn_model(model, calibration_X, n_bits=n_bits)
+    concrete_model = concrete().LogisticRegression.from_sklearn_model(model, calibration_X, n_bits=n_bits)
     conversion_seconds = time.perf_counter() - start
 
     extremes = _extreme_inputs(model, float(calibration_X.min()), float(calibration_X.max()))
-    _prepare_concrete_thread()
     start = time.perf_counter()
-    try:
-        circuit = concrete_model.compile(
-            np.vstack([calibration_X, extremes]),
-            configuration=fhe.Configuration(
-                loop_parallelize=loop_parallelize,
-                # Concrete would otherwise write .artifacts/ into the caller's cwd.
-                dump_artifacts_on_unexpected_failures=False,
-            ),
-        )
-    except RuntimeError as exc:
-        if "NoParametersFound" in str(exc):
-            raise ValueError(
-                f"Concrete found no crypto parameters for n_bits={n_bits} with "
-                f"{dataset.n_features} features (the accumulator is too wide). "
-                "Pass a smaller n_bits, e.g. 8."
-            ) from exc
-        raise
+    circuit = _compile_circuit(concrete_model, np.vstack([calibration_X, extremes]), n_bits,
+                               dataset.n_features, loop_parallelize)
     compile_seconds = time.perf_counter() - start
 
-    n_eval = len(dataset.X_test)
-    if evaluation_samples is not None:
-        n_eval = min(int(evaluation_samples), n_eval)
-    X_eval, y_eval = dataset.X_test[:n_eval], dataset.y_test[:n_eval]
-    clear_pred = model.predict(X_eval)
-    quantized_pred = concrete_model.predict(X_eval)
-    simulated_pred = concrete_model.predict(X_eval, fhe="simulate")
-    range_check_passed = bool(
-        np.array_equal(
-            concrete_model.decision_function(extremes),
-            concrete_model.decision_function(extremes, fhe="simulate"),
-        )
-    )
-
+    n_eval = len(dataset.X_test) if evaluation_samples is None else min(int(evaluation_samples),
+                                                                       len(dataset.X_test))
     report = CompileReport(
         dataset=dataset.name,
         n_bits=n_bits,
@@ -435,12 +384,7 @@ def compile_model(
         conversion_seconds=conversion_seconds,
         compile_seconds=compile_seconds,
         max_bit_width=int(circuit.graph.maximum_integer_bit_width()),
-        clear_accuracy=float(np.mean(clear_pred == y_eval)),
-        quantized_accuracy=float(np.mean(quantized_pred == y_eval)),
-        fhe_simulated_accuracy=float(np.mean(simulated_pred == y_eval)),
-        fhe_clear_agreement=float(np.mean(simulated_pred == clear_pred)),
-        evaluation_samples=int(n_eval),
-        range_check_passed=range_check_passed,
+        **_score(model, concrete_model, dataset.X_test[:n_eval], dataset.y_test[:n_eval], extremes),
     )
     info = ModelInfo(
         dataset=dataset.name,
@@ -451,6 +395,53 @@ def compile_model(
         image_shape=tuple(dataset.image_shape) if dataset.image_shape else None,
     )
     return CompiledModel(concrete_model=concrete_model, sklearn_model=model, report=report, info=info)
+
+
+def _compile_circuit(
+    concrete_model: ConcreteLogisticRegression, inputs: np.ndarray, n_bits: int, n_features: int,
+    loop_parallelize: bool,
+) -> Any:
+    """Compile the quantized model's FHE circuit over ``inputs`` (calibration rows and extremes)."""
+    _prepare_concrete_thread()
+    try:
+        return concrete_model.compile(
+            inputs,
+            configuration=concrete().fhe.Configuration(
+                loop_parallelize=loop_parallelize,
+                # Concrete would otherwise write .artifacts/ into the caller's cwd.
+                dump_artifacts_on_unexpected_failures=False,
+            ),
+        )
+    except RuntimeError as exc:
+        if "NoParametersFound" in str(exc):
+            raise ValueError(
+                f"Concrete found no crypto parameters for n_bits={n_bits} with "
+                f"{n_features} features (the accumulator is too wide). "
+                "Pass a smaller n_bits, e.g. 8."
+            ) from exc
+        raise
+
+
+def _score(
+    model: LogisticRegression, concrete_model: ConcreteLogisticRegression, X: np.ndarray, y: np.ndarray,
+    extremes: np.ndarray,
+) -> dict[str, Any]:
+    """Accuracy of the clear, quantized and FHE-simulated models, and the range check on the extremes."""
+    clear_pred = model.predict(X)
+    quantized_pred = concrete_model.predict(X)
+    simulated_pred = concrete_model.predict(X, fhe="simulate")
+    return {
+        "clear_accuracy": float(np.mean(clear_pred == y)),
+        "quantized_accuracy": float(np.mean(quantized_pred == y)),
+        "fhe_simulated_accuracy": float(np.mean(simulated_pred == y)),
+        "fhe_clear_agreement": float(np.mean(simulated_pred == clear_pred)),
+        "evaluation_samples": len(y),
+        # Every accumulator at its extremes gives the same result simulated as quantized in the clear.
+        "range_check_passed": bool(np.array_equal(
+            concrete_model.decision_function(extremes),
+            concrete_model.decision_function(extremes, fhe="simulate"),
+        )),
+    }
 
 
 def remove_compiled_files(compiled: CompiledModel) -> None:
@@ -508,8 +499,8 @@ def n_bits_sweep(
     ValueError
         As :func:`compile_model`; invalid values are refused before anything compiles.
     """
-    values = [validate_n_bits(n_bits) for n_bits in n_bits_values]
-    calibration = validate_calibration(calibration)
+    # Every value is checked before anything compiles.
+    values = [check_compile_settings(n_bits, calibration)[0] for n_bits in n_bits_values]
     reports = []
     for n_bits in values:
         compiled = compile_model(
@@ -552,7 +543,7 @@ def save_deployment(
         If ``output_dir`` is not empty and ``overwrite`` is false, or holds
         files that are not part of a deployment.
     """
-    from concrete.ml.deployment import FHEModelDev
+    FHEModelDev = concrete().FHEModelDev
 
     out = Path(output_dir)
     ours = {CLIENT_ZIP, SERVER_ZIP, REPORT_FILE}

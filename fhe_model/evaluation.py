@@ -207,6 +207,26 @@ def evaluate_encrypted(
     Exception
         The first error of any sample (remaining samples are cancelled).
     """
+    X, y, clear_predictions, workers = _checked_batch(X, y, clear_predictions, workers, run_on_server)
+    stop = should_stop or (lambda: False)
+
+    def sample(i: int) -> SampleResult:
+        if stop():  # queued before the stop: never started
+            raise EvaluationStopped("Stopped before this sample started.")
+        clear = None if clear_predictions is None else int(clear_predictions[i])
+        return _one_sample(client, run_on_server, i, X[i], y[i], clear)
+
+    start = time.perf_counter()
+    samples = _run_batch(sample, len(X), workers, progress, stop)
+    total_seconds = time.perf_counter() - start
+    return _report(samples, clear_predictions, mode, workers, total_seconds)
+
+
+def _checked_batch(
+    X: np.ndarray, y: np.ndarray, clear_predictions: np.ndarray | None, workers: int | None,
+    run_on_server: ServerCall,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int]:
+    """The batch's arrays and worker count, or a ValueError saying what is wrong."""
     X = np.asarray(X, dtype=np.float64)
     y = np.asarray(y)
     if X.ndim != 2 or len(X) == 0 or len(X) != len(y):
@@ -223,18 +243,15 @@ def evaluate_encrypted(
     workers = int(workers)
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}.")
+    return X, y, clear_predictions, workers
 
-    total = len(X)
+
+def _run_batch(
+    sample: Callable[[int], SampleResult], total: int, workers: int,
+    progress: Callable[[int, int, SampleResult], None] | None, stop: Callable[[], bool],
+) -> tuple[SampleResult, ...]:
+    """Run ``sample(i)`` for every index on ``workers`` threads, reporting each as it finishes."""
     results: list[SampleResult | None] = [None] * total
-    stop = should_stop or (lambda: False)
-
-    def sample(i: int) -> SampleResult:
-        if stop():  # queued before the stop: never started
-            raise EvaluationStopped("Stopped before this sample started.")
-        clear = None if clear_predictions is None else int(clear_predictions[i])
-        return _one_sample(client, run_on_server, i, X[i], y[i], clear)
-
-    start = time.perf_counter()
     with ThreadPoolExecutor(workers, thread_name_prefix="fhe-eval") as pool:
         pending = {pool.submit(sample, i) for i in range(total)}
         done_count = 0
@@ -253,9 +270,13 @@ def evaluate_encrypted(
             for future in pending:
                 future.cancel()
             raise
-    total_seconds = time.perf_counter() - start
+    return tuple(r for r in results if r is not None)
 
-    samples = tuple(r for r in results if r is not None)
+
+def _report(
+    samples: tuple[SampleResult, ...], clear_predictions: np.ndarray | None, mode: str, workers: int,
+    total_seconds: float,
+) -> EvaluationReport:
     predictions = np.array([s.prediction for s in samples])
     labels = np.array([s.label for s in samples])
     clear_accuracy = agreement = None
@@ -264,13 +285,13 @@ def evaluate_encrypted(
         agreement = float(np.mean(clear_predictions == predictions))
     return EvaluationReport(
         mode=mode,
-        n_samples=total,
+        n_samples=len(samples),
         workers=workers,
         encrypted_accuracy=float(np.mean(predictions == labels)),
         clear_accuracy=clear_accuracy,
         agreement=agreement,
         total_seconds=total_seconds,
-        samples_per_second=total / total_seconds,
+        samples_per_second=len(samples) / total_seconds,
         mean_latency_seconds=float(np.mean([s.seconds for s in samples])),
         mean_encrypt_seconds=float(np.mean([s.encrypt_seconds for s in samples])),
         mean_server_seconds=float(np.mean([s.server_seconds for s in samples])),

@@ -114,23 +114,77 @@ def create_app(
     FastAPI
         The ASGI app.
     """
-    settings = settings or HTTPSettings()
-    slots = Slots(settings.concurrency)
-    receivers = Receivers(settings.max_pending_bodies, settings.max_pending_bodies_per_client)
-    state: dict[str, Any] = {}
+    admission = _Admission(settings or HTTPSettings())
+    app = FastAPI(title="FHE model server", lifespan=admission.lifespan, docs_url=None, redoc_url=None)
+    _add_error_handlers(app)
+    _add_status_routes(app, fhe_server, admission, admin_token)
+    _add_deployment_routes(app, fhe_server, admission, admin_token)
+    _add_compute_routes(app, fhe_server, admission, admin_token)
+    return app
+
+
+class _Admission:
+    """What a request waits for: a receiver for its body, then a compute slot on the server's pool.
+
+    A slow sender holds only its own request, never a compute slot; when none is free the
+    request is answered 503 with ``Retry-After`` at once instead of queueing without bound.
+    """
+
+    def __init__(self, settings: HTTPSettings):
+        self.settings = settings
+        self.slots = Slots(settings.concurrency)
+        self.receivers = Receivers(settings.max_pending_bodies, settings.max_pending_bodies_per_client)
+        self._executor: ThreadPoolExecutor | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @asynccontextmanager
-    async def lifespan(_app: FastAPI):
+    async def lifespan(self, _app: FastAPI):
         # One pool for the server's life: no thread is spawned per request.
-        state["executor"] = ThreadPoolExecutor(settings.workers, thread_name_prefix="fhe-run")
-        state["loop"] = asyncio.get_running_loop()
+        self._executor = ThreadPoolExecutor(self.settings.workers, thread_name_prefix="fhe-run")
+        self._loop = asyncio.get_running_loop()
         try:
             yield
         finally:
-            state["executor"].shutdown(wait=False, cancel_futures=True)
+            self._executor.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(title="FHE model server", lifespan=lifespan, docs_url=None, redoc_url=None)
+    @staticmethod
+    def busy(what: str) -> HTTPException:
+        return HTTPException(503, f"Server busy ({what}); retry shortly.", headers={"Retry-After": "1"})
 
+    async def receive(self, request: Request, limit: int) -> bytes:
+        """Receive a body without holding a compute slot."""
+        client = request.client.host if request.client else "?"
+        if not self.receivers.try_acquire(client):
+            raise self.busy(f"{self.receivers.in_use} request bodies being received")
+        try:
+            return await read_body(request, limit, self.settings.body_timeout_seconds)
+        finally:
+            self.receivers.release(client)
+
+    async def run(self, request: Request, limit: int, job: Callable[[bytes], Any]) -> Any:
+        """Receive the body, then run ``job(body)`` on the pool if a compute slot is free."""
+        body = await self.receive(request, limit)
+        if not self.slots.try_acquire():
+            raise self.busy(f"{self.slots.limit} requests in progress")
+        try:
+            future = self._executor.submit(job, body)
+        except BaseException:
+            self.slots.release()
+            raise
+        loop = self._loop
+
+        def release(_future) -> None:
+            # The slot is freed when the computation ends, even if the client left.
+            try:
+                loop.call_soon_threadsafe(self.slots.release)
+            except RuntimeError:  # loop already closed at shutdown
+                pass
+
+        future.add_done_callback(release)
+        return await asyncio.wrap_future(future)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServerError)
     async def _server_error(_request: Request, exc: ServerError) -> JSONResponse:
         headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, KeyStoreFullError) else None
@@ -141,40 +195,11 @@ def create_app(
         logger.exception("unexpected error", exc_info=exc)
         return JSONResponse({"detail": "Internal server error."}, status_code=500)
 
-    def busy(what: str) -> HTTPException:
-        return HTTPException(503, f"Server busy ({what}); retry shortly.", headers={"Retry-After": "1"})
 
-    async def receive(request: Request, limit: int) -> bytes:
-        """Receive a body without holding a compute slot: a slow sender holds only its own request."""
-        client = request.client.host if request.client else "?"
-        if not receivers.try_acquire(client):
-            raise busy(f"{receivers.in_use} request bodies being received")
-        try:
-            return await read_body(request, limit, settings.body_timeout_seconds)
-        finally:
-            receivers.release(client)
-
-    async def heavy(request: Request, limit: int, job: Callable[[bytes], Any]) -> Any:
-        """Receive the body, then run ``job(body)`` on the pool if a compute slot is free."""
-        body = await receive(request, limit)
-        if not slots.try_acquire():
-            raise busy(f"{slots.limit} requests in progress")
-        try:
-            future = state["executor"].submit(job, body)
-        except BaseException:
-            slots.release()
-            raise
-        loop = state["loop"]
-
-        def release(_future) -> None:
-            # The slot is freed when the computation ends, even if the client left.
-            try:
-                loop.call_soon_threadsafe(slots.release)
-            except RuntimeError:  # loop already closed at shutdown
-                pass
-
-        future.add_done_callback(release)
-        return await asyncio.wrap_future(future)
+def _add_status_routes(
+    app: FastAPI, fhe_server: FHEServer, admission: _Admission, admin_token: str | None
+) -> None:
+    """``GET /health`` and ``GET /client.zip``: what anyone may read."""
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -182,10 +207,10 @@ def create_app(
             "status": "ok",
             **fhe_server.stats(),
             "uploads_enabled": bool(admin_token),
-            "workers": settings.workers,
-            "max_concurrent_requests": slots.limit,
-            "requests_in_progress": slots.in_use,
-            "bodies_being_received": receivers.in_use,
+            "workers": admission.settings.workers,
+            "max_concurrent_requests": admission.slots.limit,
+            "requests_in_progress": admission.slots.in_use,
+            "bodies_being_received": admission.receivers.in_use,
         }
 
     @app.get("/client.zip")
@@ -199,11 +224,17 @@ def create_app(
             headers={"Content-Disposition": 'attachment; filename="client.zip"'},
         )
 
+
+def _add_deployment_routes(
+    app: FastAPI, fhe_server: FHEServer, admission: _Admission, admin_token: str | None
+) -> None:
+    """``POST`` / ``DELETE /deployments``: the model owner's, with the admin token."""
+
     @app.post("/deployments", status_code=201)
     async def add_deployment(request: Request) -> dict[str, str]:
         _check_admin(request, admin_token)
-        deployment_id = await heavy(
-            request, settings.max_deployment_bytes, fhe_server.add_deployment_bytes
+        deployment_id = await admission.run(
+            request, admission.settings.max_deployment_bytes, fhe_server.add_deployment_bytes
         )
         return {"deployment_id": deployment_id}
 
@@ -215,6 +246,13 @@ def create_app(
         fhe_server.remove_deployment(deployment_id)
         return Response(status_code=204)
 
+
+def _add_compute_routes(
+    app: FastAPI, fhe_server: FHEServer, admission: _Admission, admin_token: str | None
+) -> None:
+    """``/keys`` and ``/predict``: evaluation keys in, ciphertexts in and out."""
+    settings = admission.settings
+
     @app.post("/keys", status_code=201)
     async def upload_keys(
         request: Request, deployment_id: str | None = Query(None, pattern=_ID_PATTERN)
@@ -223,7 +261,7 @@ def create_app(
         resolved = fhe_server.resolve_deployment(deployment_id)
         limit = min(settings.max_key_bytes, fhe_server.payload_limits(resolved).max_key_bytes)
         fhe_server.check_key_room(trusted)  # a full pool answers before any body is read
-        key_id = await heavy(
+        key_id = await admission.run(
             request, limit, lambda body: fhe_server.register_keys(body, resolved, trusted=trusted)
         )
         return {"key_id": key_id, "deployment_id": resolved}
@@ -243,15 +281,13 @@ def create_app(
             return output, start, time.perf_counter()
 
         limit = min(settings.max_ciphertext_bytes, fhe_server.ciphertext_limit(key_id))
-        output, started, finished = await heavy(request, limit, job)
+        output, started, finished = await admission.run(request, limit, job)
         # Server-Timing lets a client tell FHE compute time from transport and queueing.
         timing = (
             f"queue;dur={1000 * (started - received):.2f}, fhe;dur={1000 * (finished - started):.2f}, "
             f"total;dur={1000 * (time.perf_counter() - received):.2f}"
         )
         return Response(output, media_type="application/octet-stream", headers={"Server-Timing": timing})
-
-    return app
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fhe_model.concrete_modules import concrete
 from fhe_model.deployment import (
     SERVER_ZIP,
     DeploymentFormatError,
@@ -99,7 +100,7 @@ _LOAD_LOCK = threading.Lock()
 
 def _load_fhe_server(server_zip: bytes) -> Any:
     """Compile a checked server.zip into an FHEModelServer."""
-    from concrete.ml.deployment import FHEModelServer
+    FHEModelServer = concrete().FHEModelServer
 
     # FHEModelServer wants a directory holding server.zip. Concrete unpacks and
     # compiles it into its own temporary directory, so ours can go right away.
@@ -450,7 +451,7 @@ class FHEServer:
             For an unknown deployment, bytes that are not evaluation keys, more
             bytes than the deployment's circuit needs, or a full anonymous pool.
         """
-        from concrete import fhe
+        fhe = concrete().fhe
 
         with self._lock:
             self._expire_locked()
@@ -525,7 +526,7 @@ class FHEServer:
             For an unknown key id, undeserializable bytes, or a ciphertext made
             for another circuit.
         """
-        from concrete import fhe
+        fhe = concrete().fhe
 
         with self._lock:
             self._expire_locked()

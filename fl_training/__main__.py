@@ -6,9 +6,9 @@ import argparse
 import json
 import sys
 
+from fl_training.config import PARTITIONINGS, STRATEGIES, TrainingConfig
 from fl_training.datasets import DATASET_NAMES, DEFAULT_DATASET, DatasetUnavailableError
 from fl_training.model_io import MODEL_FORMATS, save_model
-from fl_training.task import PARTITIONINGS, STRATEGIES, TrainingConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,6 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--secure-aggregation", action="store_true",
         help="SecAgg+: the server only sees the sum of the clients' updates (with --dp, clients clip)",
     )
+    p.add_argument("--client-data", default=defaults.client_data, metavar="DIR",
+                   help="train each client on its drawings file DIR/client-<i>.npz instead of a partition")
+    p.add_argument("--initial-model", default=defaults.initial_model, metavar="FILE",
+                   help="start from this model file (.skops) instead of zeros")
     p.add_argument("--output", default="model.skops", help="where to write the model ('' to skip)")
     p.add_argument(
         "--format", choices=MODEL_FORMATS, default=None,
@@ -67,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
             noise_multiplier=args.noise_multiplier,
             clipping_norm=args.clipping_norm,
             secure_aggregation=args.secure_aggregation,
+            client_data=args.client_data,
+            initial_model=args.initial_model,
         )
         from fl_training.runtime import TrainingRuntime
         from fl_training.simulation import TrainingResult, stream_training

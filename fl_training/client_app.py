@@ -25,15 +25,17 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from flwr.compat.common import recorddict_compat as compat
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
+from fl_training.config import TrainingConfig
 from fl_training.datasets import load_dataset
 from fl_training.task import (
     PARTITION_RECORD,
-    TrainingConfig,
     client_data,
+    equal_client_weights,
     evaluate,
     feature_scaling,
     fit_local,
     get_parameters,
+    is_reference_client,
     new_model,
     partition_indices,
     set_parameters,
@@ -101,7 +103,7 @@ def train(msg: Message, context: Context) -> Message:
     cfg, partition_id = _context_of(instruction.settings, context)
     dataset = load_dataset(cfg.dataset)
     scaling = feature_scaling(dataset)
-    X_train, y_train, _, _ = client_data(cfg, partition_id)
+    X_train, y_train, _, _ = client_data(cfg, partition_id, context.node_config.get("drawings"))
     X_scaled = scaling.transform(X_train)
 
     global_params = instruction.arrays
@@ -116,9 +118,7 @@ def train(msg: Message, context: Context) -> Message:
         set_parameters(model, params, dataset.classes)
 
     accuracy, loss = evaluate(model, X_scaled, y_train)
-    # Under differential privacy, Flower's accountant needs equal client
-    # weights: every update counts once, whatever the partition's size.
-    num_examples = 1 if cfg.differential_privacy else len(y_train)
+    num_examples = 1 if equal_client_weights(cfg) else len(y_train)
     metrics = {"train_accuracy": accuracy, "train_loss": loss}
     if instruction.legacy:
         result = FitRes(Status(Code.OK, "ok"), ndarrays_to_parameters(params), num_examples, metrics)
@@ -136,15 +136,17 @@ def evaluate_local(msg: Message, context: Context) -> Message:
     cfg, partition_id = _context_of(instruction.settings, context)
     dataset = load_dataset(cfg.dataset)
     scaling = feature_scaling(dataset)
-    _, _, X_val, y_val = client_data(cfg, partition_id)
+    _, _, X_val, y_val = client_data(cfg, partition_id, context.node_config.get("drawings"))
 
     model = set_parameters(new_model(), instruction.arrays, dataset.classes)
     accuracy, loss = evaluate(model, scaling.transform(X_val), y_val)
+    # A reference client's held-back images are left out of the clients' evaluation (weight 0).
+    counted = 0 if is_reference_client(cfg, partition_id, context.node_config.get("drawings")) else len(y_val)
     if instruction.legacy:
-        result = EvaluateRes(Status(Code.OK, "ok"), loss, len(y_val), {"accuracy": accuracy, "loss": loss})
+        result = EvaluateRes(Status(Code.OK, "ok"), loss, counted, {"accuracy": accuracy, "loss": loss})
         content = compat.evaluateres_to_recorddict(result)
     else:
-        metrics = MetricRecord({"accuracy": accuracy, "loss": loss, "num-examples": len(y_val)})
+        metrics = MetricRecord({"accuracy": accuracy, "loss": loss, "num-examples": counted})
         content = RecordDict({"metrics": metrics})
     return Message(content=content, reply_to=msg)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from fl_training.validation import InvalidParameterError
+from fl_training.validation import OneOf
 
 #: Seed of the held-out test split. Fixed on purpose: every run, every
 #: strategy and every n_bits setting is scored on the same unseen samples.
@@ -197,6 +197,8 @@ _LOADERS = {
 
 #: Names accepted by :func:`load_dataset`, the offline default first.
 DATASET_NAMES: tuple[str, ...] = tuple(_LOADERS)
+#: The constraint on a dataset setting (see :mod:`fl_training.validation`).
+DATASET_CHOICE = OneOf(DATASET_NAMES)
 
 
 @lru_cache(maxsize=4)
@@ -209,12 +211,10 @@ def check_dataset_name(name: object) -> str:
 
     Raises
     ------
-    InvalidParameterError
+    SettingError
         Naming the datasets there are.
     """
-    if not isinstance(name, str) or name not in DATASET_NAMES:
-        raise InvalidParameterError(f"Unknown dataset {name!r}; choose one of {', '.join(DATASET_NAMES)}.")
-    return name
+    return DATASET_CHOICE.check("dataset", name)
 
 
 def load_dataset(name: str = DEFAULT_DATASET, data_dir: str | os.PathLike | None = None) -> Dataset:
@@ -236,7 +236,7 @@ def load_dataset(name: str = DEFAULT_DATASET, data_dir: str | os.PathLike | None
 
     Raises
     ------
-    InvalidParameterError
+    SettingError
         If ``name`` is not a known dataset.
     DatasetUnavailableError
         If the dataset needs a download that fails.

@@ -35,9 +35,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from fl_training.config import TrainingConfig
 from fl_training.runtime_worker import read_frame, write_frame
 from fl_training.server_app import RoundRecord
-from fl_training.task import TrainingConfig
 
 logger = logging.getLogger(__name__)
 

@@ -205,8 +205,8 @@ def run_one(config: Any, send: Callable[[tuple], None], run_id: int) -> bool:
 
 def serve(requests: IO[bytes], events: IO[bytes], *, warm_up: bool, flower_logs: bool) -> int:
     """Prepare the engine, then serve run requests until told to stop or the parent goes."""
+    from fl_training.config import TrainingConfig
     from fl_training.datasets import DEFAULT_DATASET
-    from fl_training.task import TrainingConfig
 
     def send(event: tuple) -> None:
         write_frame(events, event)

@@ -25,30 +25,19 @@ import numpy as np
 from flwr.app import Context, RecordDict
 from flwr.common import Scalar, ndarrays_to_parameters
 from flwr.server import LegacyContext, ServerConfig
-from flwr.server.strategy import (
-    DifferentialPrivacyClientSideFixedClipping,
-    FedAdam,
-    FedAvg,
-    FedProx,
-    Strategy,
-)
+from flwr.server import strategy as strategies
+from flwr.server.strategy import DifferentialPrivacyClientSideFixedClipping, Strategy
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD
 from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.server.workflow.default_workflows import default_evaluate_workflow
 from flwr.serverapp import GaussianPrivacyEvent, Grid
 
+from fl_training.config import MIN_CLIENTS, TrainingConfig
 from fl_training.datasets import Dataset
 from fl_training.federation import SECAGG_MODULUS, FederationGrid
 from fl_training.rounds import FederationResult, RoundRecord, RoundReporter, privacy_accountant
-from fl_training.task import (
-    FEDADAM_LEARNING_RATE,
-    FEDADAM_TAU,
-    MIN_CLIENTS,
-    TrainingConfig,
-    initial_parameters,
-    partition_indices,
-)
+from fl_training.task import equal_client_weights, initial_parameters, partition_indices, strategy_class
 
 #: Neighbours a client shares its secrets with (itself included) in larger federations: SecAgg+
 #: keeps each client's work logarithmic instead of linear in the number of clients.
@@ -89,7 +78,7 @@ def largest_weight(cfg: TrainingConfig) -> float:
     Under DP every client weighs 1 (equal weights are what the accountant assumes); otherwise
     the largest partition bounds it (partitions follow from the run's public settings).
     """
-    if cfg.differential_privacy:
+    if equal_client_weights(cfg):
         return 1.0
     return float(max(len(part) for part in partition_indices(cfg)))
 
@@ -146,15 +135,10 @@ def build_legacy_strategy(
         on_evaluate_config_fn=lambda _round: dict(settings),
         fit_metrics_aggregation_fn=_weighted_means,
         evaluate_metrics_aggregation_fn=aggregate_client_evaluation,
-        initial_parameters=ndarrays_to_parameters(initial_parameters(dataset)),
+        initial_parameters=ndarrays_to_parameters(initial_parameters(dataset, cfg.initial_model)),
     )
-    strategy: Strategy
-    if cfg.strategy == "fedprox":
-        strategy = FedProx(proximal_mu=cfg.proximal_mu, **common)
-    elif cfg.strategy == "fedadam":
-        strategy = FedAdam(eta=FEDADAM_LEARNING_RATE, eta_l=FEDADAM_LEARNING_RATE, tau=FEDADAM_TAU, **common)
-    else:
-        strategy = FedAvg(**common)
+    name, own = strategy_class(cfg)
+    strategy: Strategy = getattr(strategies, name)(**own, **common)
     if cfg.differential_privacy:
         strategy = _AccountedClientSideClipping(strategy, cfg)
     return strategy

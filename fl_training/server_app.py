@@ -15,16 +15,11 @@ from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import (
-    DifferentialPrivacyServerSideFixedClipping,
-    FedAdam,
-    FedAvg,
-    FedMedian,
-    FedProx,
-    Strategy,
-)
+from flwr.serverapp import strategy as strategies
+from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, Strategy
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
+from fl_training.config import MIN_CLIENTS, TrainingConfig, check_fits_dataset
 from fl_training.datasets import Dataset, load_dataset
 from fl_training.federation import (
     Federation,
@@ -35,15 +30,8 @@ from fl_training.federation import (
 )
 from fl_training.model_io import save_model
 from fl_training.rounds import DP_DELTA, FederationResult, RoundRecord, RoundReporter, privacy_accountant
-from fl_training.task import (
-    FEDADAM_LEARNING_RATE,
-    FEDADAM_TAU,
-    MIN_CLIENTS,
-    TrainingConfig,
-    check_fits_dataset,
-    initial_parameters,
-)
-from fl_training.validation import real_number
+from fl_training.task import initial_parameters, strategy_class
+from fl_training.validation import Real
 
 #: How long a run waits for its SuperNodes (run-config key ``node-wait-seconds``).
 NODE_WAIT_SECONDS = 120.0
@@ -51,7 +39,7 @@ NODE_WAIT_SECONDS = 120.0
 #: that has not answered by then counts as dropped out.
 ROUND_TIMEOUT_SECONDS = 600.0
 #: Bounds of both run-config keys, in seconds.
-WAIT_RANGE = (1.0, 86_400.0)
+WAIT = Real(1.0, 86_400.0)
 
 
 def build_strategy(cfg: TrainingConfig, on_client_eval: Callable[[MetricRecord], None]) -> Strategy:
@@ -70,18 +58,11 @@ def build_strategy(cfg: TrainingConfig, on_client_eval: Callable[[MetricRecord],
         min_available_nodes=MIN_CLIENTS,
         evaluate_metrics_aggr_fn=aggregate_evaluate,
     )
-    strategy: Strategy
-    if cfg.strategy == "fedprox":
-        strategy = FedProx(proximal_mu=cfg.proximal_mu, **common)
-    elif cfg.strategy == "fedadam":
-        strategy = FedAdam(eta=FEDADAM_LEARNING_RATE, eta_l=FEDADAM_LEARNING_RATE, tau=FEDADAM_TAU, **common)
-    elif cfg.strategy == "fedmedian":
-        strategy = FedMedian(**common)
-    else:
-        strategy = FedAvg(**common)
+    name, own = strategy_class(cfg)
+    strategy: Strategy = getattr(strategies, name)(**own, **common)
     if cfg.differential_privacy:
         # Clip every update on the server, add Gaussian noise, and account for ε.
-        # fl_training.task.validate_config has already refused any strategy but FedAvg.
+        # TrainingConfig has already refused any strategy but FedAvg.
         strategy = DifferentialPrivacyServerSideFixedClipping(
             strategy,
             noise_multiplier=cfg.noise_multiplier,
@@ -123,7 +104,6 @@ def run_federation(
         The exported model (it takes raw features) and the per-round history.
     """
     dataset = load_dataset(cfg.dataset)
-    check_fits_dataset(cfg, dataset)
     if federation is None:
         federation = wait_for_nodes(grid, cfg.num_clients, NODE_WAIT_SECONDS)
     federation_grid = FederationGrid(grid, federation, timeout=round_timeout)
@@ -153,7 +133,7 @@ def _run_in_the_clear(
     train_config = ConfigRecord({k.replace("_", "-"): v for k, v in cfg.to_dict().items()})
     strategy.start(
         grid=grid,
-        initial_arrays=ArrayRecord(initial_parameters(dataset)),
+        initial_arrays=ArrayRecord(initial_parameters(dataset, cfg.initial_model)),
         num_rounds=cfg.num_rounds,
         timeout=grid.timeout,
         train_config=train_config,
@@ -202,8 +182,8 @@ class ServerSettings:
             training=TrainingConfig.from_mapping(values),
             num_clients=num_clients or None,
             output=output,
-            node_wait_seconds=real_number("node-wait-seconds", node_wait, *WAIT_RANGE),
-            round_timeout=real_number("round-timeout", round_timeout, *WAIT_RANGE),
+            node_wait_seconds=WAIT.check("node-wait-seconds", node_wait),
+            round_timeout=WAIT.check("round-timeout", round_timeout),
         )
 
 
@@ -220,6 +200,7 @@ def main(grid: Grid, context: Context) -> None:
         print(f"error: {exc}", flush=True)
         raise
     cfg = dataclasses.replace(settings.training, num_clients=federation.size)
+    check_fits_dataset(cfg, load_dataset(cfg.dataset))
     mode = "secure aggregation (SecAgg+)" if cfg.secure_aggregation else "aggregation in the clear"
     print(f"Training {cfg.dataset} with {cfg.num_clients} clients, {cfg.strategy}, {mode}.", flush=True)
     result = run_federation(

@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 
 from sklearn.linear_model import LogisticRegression
 
+from fl_training.config import TrainingConfig
 from fl_training.runtime import QueueStatus, RunOutcome, TrainingRuntime
 from fl_training.server_app import DP_DELTA, RoundRecord
-from fl_training.task import TrainingConfig, partition_indices
+from fl_training.task import check_runnable
 
 #: Environment variable: how many training runtimes may run at once (1 to :data:`MAX_RUNTIMES`).
 RUNTIMES_ENV = "FHE_DEMO_TRAINING_RUNTIMES"
@@ -192,7 +193,7 @@ def stream_training(
 
     Raises
     ------
-    InvalidParameterError
+    SettingError
         If the settings do not fit the dataset (checked before anything starts).
     ValueError
         If the run itself refused a value.
@@ -204,7 +205,7 @@ def stream_training(
     Closing the generator early (the user left) stops the run's worker and its
     Ray processes; a fresh worker starts for the next run.
     """
-    partition_indices(config)  # fail fast, in the caller, on settings the dataset cannot serve
+    check_runnable(config)  # fail fast, in the caller, on settings the clients' data cannot serve
     engine = runtime_ if runtime_ is not None else runtime()
     for item in engine.run(config, on_wait=on_wait, cancel=cancel):
         if isinstance(item, RunOutcome):

@@ -44,6 +44,7 @@ from story.stages import (
 if TYPE_CHECKING:
     from fhe_model.connection import FHEServerHandle
     from fhe_model.evaluation import EvaluationReport
+    from story.classes import Classes
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +104,8 @@ class SessionCore:
     deployments : SharedDeployments, optional
         The app's compiled deployments, shared by sessions with the same model
         and settings (a private one by default).
+    classes : Classes, optional
+        The app's classes, for a session that teaches one or holds a seat in one.
     """
 
     def __init__(
@@ -113,6 +116,7 @@ class SessionCore:
         *,
         trainings: SharedTrainings | None = None,
         deployments: SharedDeployments | None = None,
+        classes: Classes | None = None,
     ):
         self._cleanup_lock = threading.Lock()
         self._serial_counter = itertools.count(1)
@@ -124,6 +128,7 @@ class SessionCore:
         self._deployments = deployments if deployments is not None else SharedDeployments(
             server, Path(work_root or tempfile.gettempdir()) / "deployments"
         )
+        self._classes = classes
         self._keys_root = Path(keys_root)
         self._work_root = Path(work_root) if work_root is not None else None
         self._busy = threading.Lock()

@@ -40,8 +40,8 @@ class CompileSteps(SessionCore):
         ValueError
             For invalid settings (from :mod:`fhe_model.developer`).
         """
-        n_bits = developer.validate_n_bits(n_bits)
-        calibration = developer.validate_calibration(calibration)
+        # The request's one check; the shared deployment's key needs the checked values.
+        n_bits, calibration = developer.check_compile_settings(n_bits, calibration)
         with self._step("compilation"):
             stage = self._require_model()
             lease = self._deployments.acquire(stage.model, load_dataset(stage.dataset), n_bits, calibration)
@@ -98,7 +98,6 @@ class CompileSteps(SessionCore):
             One row per value: ``n_bits``, ``max_bit_width``, ``compile_seconds``,
             ``accuracy_clear``, ``accuracy_fhe_simulated``.
         """
-        calibration = developer.validate_calibration(calibration)
         with self._step("the n_bits sweep"):
             stage = self._require_model()
             reports = developer.n_bits_sweep(

@@ -1,6 +1,14 @@
-"""The story's own error: a step that cannot run yet, or a session that has ended."""
+"""The story's own error (a step that cannot run yet, an ended session); errors a visitor can act on."""
 
 from __future__ import annotations
+
+from fhe_model.client import FHEClientError
+from fhe_model.http_client import FHEServerError
+from fl_training.datasets import DatasetUnavailableError
+from fl_training.drawings import DrawingError
+from fl_training.local_data import DrawingsFileError
+from fl_training.model_io import ModelFileError
+from fl_training.validation import SettingError
 
 
 class StepError(ValueError):
@@ -8,7 +16,7 @@ class StepError(ValueError):
 
     The message says what to do; the session is unchanged. Invalid values are
     refused by the module that owns the rule, with its own error (e.g.
-    :class:`fl_training.validation.InvalidParameterError`).
+    :class:`fl_training.validation.SettingError`).
     """
 
 
@@ -26,3 +34,14 @@ NEEDS_COMPILE = "The model is not compiled yet: run tab 2 (Convert & compile →
 NEEDS_KEYS = "No keys yet: run step ① Key generation first."
 NEEDS_ENCRYPTION = "Nothing is encrypted yet: run step ② Encryption first."
 NEEDS_SERVER_RUN = "The server has not computed anything yet: run step ③ FHE execution first."
+
+
+#: Errors whose message tells the visitor what to do, each raised by the module that owns the rule:
+#: a missing step (the story), a setting out of range, a model file, a drawing, a dataset that needs
+#: a download, the FHE server, Concrete on the client side. Anything else is unexpected.
+USER_ERRORS: tuple[type[Exception], ...] = (
+    StepError, SettingError, ModelFileError, DrawingError, DrawingsFileError, DatasetUnavailableError,
+    FHEServerError, FHEClientError,
+)
+
+__all__ = ["USER_ERRORS", "DrawingError", "SettingError", "StepError"]

@@ -100,6 +100,18 @@ class InferenceSteps(SessionCore):
             "reason": keys.reason,
         }
 
+    def prepare_drawing(self, drawing: Any) -> np.ndarray:
+        """A drawing as the model sees it: prepared like its dataset's images (nothing is stored).
+
+        Raises
+        ------
+        StepError
+            Without a model.
+        DrawingError
+            If the dataset is tabular, or the drawing is blank or not an image.
+        """
+        return drawing_to_features(drawing, load_dataset(self._require_model().dataset))
+
     def sample(self, index: Any) -> tuple[np.ndarray, int]:
         """Return test sample ``index`` of the model's dataset and its label.
 

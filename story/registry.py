@@ -27,7 +27,9 @@ from fhe_model.developer import DEFAULT_N_BITS
 from fl_training.datasets import load_dataset
 from fl_training.simulation import TrainingResult
 from fl_training.task import TrainingConfig, baseline_accuracy
+from story.classes import Classes
 from story.errors import StepError
+from story.forms import TRAINING_FORM
 from story.resume import Resumptions
 from story.session import DemoSession
 from story.shared_deployments import Lease, SharedDeployments
@@ -150,6 +152,8 @@ class SessionRegistry:
         self.trainings = SharedTrainings()
         #: Compiled deployments shared by sessions with the same model and settings.
         self.deployments = SharedDeployments(server, self.work_root / "deployments")
+        #: The classes whose participants' drawings train a class model (story.classes).
+        self.classes = Classes(self.trainings, TRAINING_FORM, root=self.work_root)
         self._sessions: dict[str, DemoSession] = {}
         #: Sessions of closed pages, kept for a while so that a reload resumes them (story.resume).
         self.resumptions = Resumptions()
@@ -216,7 +220,7 @@ class SessionRegistry:
     def new_session(self) -> DemoSession:
         """A session not tied to an id (tests, scripts); :meth:`close_all` wipes it too."""
         session = DemoSession(self.server, self.keys_root, self.work_root,
-                              trainings=self.trainings, deployments=self.deployments)
+                              trainings=self.trainings, deployments=self.deployments, classes=self.classes)
         session.last_used = self._clock()
         with self._all_lock:
             self._all.add(session)
@@ -351,6 +355,7 @@ class SessionRegistry:
             ahead, self._ahead = self._ahead, []
         for lease in ahead:
             lease.release()
+        self.classes.close_all()
         shutil.rmtree(self.keys_root, ignore_errors=True)
         shutil.rmtree(self.work_root, ignore_errors=True)
         for fd in self._root_locks:

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
+from concurrency.single_flight import SingleFlight
 from fhe_model import developer
 from fhe_model.connection import FHEServerHandle, RemoteDeployment
 from fl_training.datasets import Dataset
@@ -79,7 +80,7 @@ class SharedDeployments:
         self.root = Path(root)
         self._lock = threading.Lock()
         self._entries: dict[tuple, _Entry] = {}
-        self._building: dict[tuple, threading.Lock] = {}
+        self._flights = SingleFlight()
         #: How many times Concrete actually compiled (shared results excluded).
         self.compiles = 0
 
@@ -106,9 +107,7 @@ class SharedDeployments:
             ``shared`` is True when another session had compiled it (or was compiling it).
         """
         key = (model_digest(model, dataset.name), n_bits, calibration)
-        with self._lock:
-            building = self._building.setdefault(key, threading.Lock())
-        with building:  # one compile per key; others wait for it and share it
+        with self._flights.turn(key):  # one compile per key; others wait for it and share it
             with self._lock:
                 entry = self._entries.get(key)
                 if entry is not None:
@@ -145,7 +144,6 @@ class SharedDeployments:
                 return
             if self._entries.get(key) is entry:
                 del self._entries[key]
-                self._building.pop(key, None)
         developer.remove_compiled_files(entry.compiled)
         shutil.rmtree(entry.directory, ignore_errors=True)
         entry.remote.forget()

@@ -8,13 +8,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from fl_training.config import TrainingConfig
 from fl_training.datasets import load_dataset
 from fl_training.model_io import check_model_fits, load_model, save_model
 from fl_training.runtime import QueueStatus
 from fl_training.server_app import RoundRecord
 from fl_training.simulation import TrainingResult
-from fl_training.task import TrainingConfig, baseline_accuracy, partition_indices
+from fl_training.task import baseline_accuracy
 from story.base import SessionCore
+from story.class_rules import CLASS_DATASET
 from story.errors import StepError
 from story.shared_trainings import Joined
 from story.stages import Baseline, ModelStage
@@ -59,12 +61,11 @@ class TrainingSteps(SessionCore):
         ------
         StepError
             If the run fails.
-        fl_training.validation.InvalidParameterError
+        fl_training.validation.SettingError
             If the settings do not fit the dataset (before anything slow starts).
         """
         with self._step("training"):
             dataset = load_dataset(cfg.dataset)
-            partition_indices(cfg)  # refuse impossible partitions before anything slow
             # Once per dataset and app (concurrent visitors wait for the one computation).
             try:
                 baseline: float | None = baseline_accuracy(cfg.dataset)
@@ -95,6 +96,30 @@ class TrainingSteps(SessionCore):
             model_file = save_model(result.model, self._new_public_dir() / "federated_model.skops")
             self._replace_model(ModelStage(result.model, dataset.name, "federated", summary, model_file))
             yield summary
+
+    def use_class_model(self, model: Any, class_summary: dict[str, Any]) -> dict[str, Any]:
+        """Make a class's model (trained on its participants' drawings) this session's current model.
+
+        Returns
+        -------
+        dict
+            ``source`` ("class"), ``dataset``, ``accuracy`` (MNIST's test split) and the class run's
+            ``accuracy_room`` / ``accuracy_room_before``.
+        """
+        dataset = load_dataset(CLASS_DATASET)
+        with self._step("using the class model"):
+            check_model_fits(model, dataset)
+            summary = {
+                "source": "class",
+                "dataset": dataset.name,
+                "accuracy": float(model.score(dataset.X_test, dataset.y_test)),
+                "baseline_accuracy": None,
+                **{k: class_summary[k] for k in ("accuracy_room", "accuracy_room_before", "clients")
+                   if k in class_summary},
+            }
+            model_file = save_model(model, self._new_public_dir() / "class_model.skops")
+            self._replace_model(ModelStage(model, dataset.name, "class", summary, model_file))
+            return summary
 
     def use_uploaded_model(self, path: str | os.PathLike | None, dataset_name: str) -> dict[str, Any]:
         """Use an existing scikit-learn model instead of training one.

@@ -8,8 +8,8 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from fhe_model.developer import DEFAULT_N_BITS, N_BITS_MAX, N_BITS_MIN, SWEEP_N_BITS, SWEEP_SAMPLES
 from story import DemoSession
+from story.forms import DEFAULT_N_BITS, SWEEP_N_BITS, SWEEP_SAMPLES, n_bits_bounds
 from ui import figures
 from ui.common import COMPILE, HEAVY, REFRESH, DemoContext, lenient, outdated, pipeline_status, remember
 from ui.errors import user_errors
@@ -108,7 +108,7 @@ class SweepPanel:
 def _compile_panel() -> CompilePanel:
     with gr.Row():
         with gr.Column(scale=2, min_width=300):
-            n_bits = lenient(gr.Slider(N_BITS_MIN, N_BITS_MAX, value=DEFAULT_N_BITS, step=1, label="n_bits"))
+            n_bits = lenient(gr.Slider(*n_bits_bounds(), value=DEFAULT_N_BITS, step=1, label="n_bits"))
             calibration = gr.Radio(
                 CALIBRATION_CHOICES, value="data", label="Calibration inputs (fix the quantization ranges)",
             )

@@ -8,31 +8,18 @@ a visitor should wait, and the chart is the same for everyone.
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import gradio as gr
 
-from fl_training.task import TrainingConfig
+from story.forms import DP_CLIENTS, DP_TRAINING
 from ui import figures
-
-if TYPE_CHECKING:
-    from ui.training_tab import Settings
+from ui.training_form import Settings
 
 #: The measured trade-off (written by ``benchmarks/bench_dp_tradeoff.py``).
 TRADEOFF_FILE = Path(__file__).with_name("dp_tradeoff.json")
-#: Differential privacy adds its noise once, to the average of the clients' updates: it needs many
-#: clients. The suggested setting (the form's defaults otherwise) is the one the chart was measured with.
-DP_CLIENTS = 50
-
-
-def dp_training() -> TrainingConfig:
-    """The suggested differential-privacy run: the form's defaults with :data:`DP_CLIENTS` clients."""
-    from ui.training_tab import DEFAULT_TRAINING  # the form imports this panel
-
-    return replace(DEFAULT_TRAINING, num_clients=DP_CLIENTS, differential_privacy=True)
 #: Below this many clients the noise drowns the model at any useful ε (see the benchmark).
 FEW_CLIENTS = 20
 
@@ -79,7 +66,7 @@ def build(settings: Settings) -> None:
     note = gr.Markdown()
     with gr.Accordion("Differential privacy: accuracy against ε", open=False):
         data = tradeoff()
-        defaults = TrainingConfig()
+        defaults = DP_TRAINING
         gr.Plot(figures.dp_tradeoff_figure(data["points"], data["no_dp_accuracy"], defaults.noise_multiplier),
                 format="png", show_label=False, label="Accuracy against ε")
         gr.Markdown(tradeoff_markdown(data))
@@ -91,7 +78,7 @@ def build(settings: Settings) -> None:
           api_visibility="private", show_progress="hidden")
 
     def suggested() -> tuple:
-        cfg = dp_training()
+        cfg = DP_TRAINING
         return (cfg.dataset, cfg.num_clients, cfg.num_rounds, cfg.partitioning, cfg.strategy, True,
                 cfg.noise_multiplier, cfg.clipping_norm)
 

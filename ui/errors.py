@@ -10,23 +10,11 @@ from typing import Any
 
 import gradio as gr
 
-from fhe_model.client import FHEClientError
-from fhe_model.http_client import FHEServerError
-from fl_training.datasets import DatasetUnavailableError
-from fl_training.drawings import DrawingError
-from fl_training.model_io import ModelFileError
-from fl_training.validation import InvalidParameterError
-from story import StepError
+from story import USER_ERRORS
 
 logger = logging.getLogger(__name__)
 
-#: Errors whose message tells the visitor what to do, each raised by the module that owns the rule:
-#: a missing step (story), a value out of range (validation), a model file (model_io), a drawing,
-#: a dataset that needs a download, the FHE server, Concrete on the client side.
-USER_ERRORS: tuple[type[Exception], ...] = (
-    StepError, InvalidParameterError, ModelFileError, DrawingError, DatasetUnavailableError,
-    FHEServerError, FHEClientError,
-)
+__all__ = ["USER_ERRORS", "to_user_error", "user_errors"]
 
 
 def to_user_error(exc: BaseException) -> gr.Error:

@@ -34,7 +34,8 @@ from gradio.components.image_editor import EditorData
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from fl_training.drawings import MAX_DRAWING_FILE_BYTES, MAX_DRAWING_IMAGES, DrawingError, check_image_file
+from story.errors import DrawingError
+from story.forms import MAX_DRAWING_FILE_BYTES, MAX_DRAWING_IMAGES, check_image_file
 
 #: Bytes all sketchpads together may hold in blobs waiting for their event.
 MAX_PENDING_BLOB_BYTES = 16 * MAX_DRAWING_FILE_BYTES

@@ -9,7 +9,6 @@ import gradio as gr
 import numpy as np
 import pandas as pd
 
-from fl_training.drawings import drawing_to_features
 from story import DemoSession
 from story.holdings import holdings
 from story.inference import INPUT_SOURCES
@@ -257,7 +256,7 @@ def _preview(session: DemoSession | None, source: str, sample_index: Any, drawin
                     sketch, *index_controls)
         shape = f"{dataset.image_shape[0]}×{dataset.image_shape[1]}"
         try:
-            x = drawing_to_features(drawing, dataset)
+            x = session.prepare_drawing(drawing)
         except USER_ERRORS:
             return (gr.update(value=None, visible=True), hide,
                     f"Draw a digit; it is prepared like {dataset.name}'s own images ({shape} pixels, "

@@ -11,7 +11,7 @@ from typing import Any
 import gradio as gr
 
 from story import DemoSession, SessionRegistry
-from story.resume import close_page, open_page
+from story.pages import close_page, open_page
 from ui.common import DemoContext, pipeline_status
 
 #: Where the browser keeps its token (local storage key; the value is an opaque random string).

@@ -17,6 +17,8 @@ import gradio as gr
 from gradio.data_classes import GradioModel
 from matplotlib.figure import Figure
 
+from concurrency.single_flight import SingleFlight
+
 #: Encoded charts kept (a few tens of kB each).
 DEFAULT_SIZE = 64
 
@@ -34,7 +36,7 @@ class PlotCache:
         self.size = size
         self._lock = threading.Lock()
         self._plots: OrderedDict[Hashable, GradioModel] = OrderedDict()
-        self._drawing: dict[Hashable, threading.Lock] = {}
+        self._flights = SingleFlight()
         #: Charts actually drawn (cache misses).
         self.drawn = 0
 
@@ -63,8 +65,7 @@ class PlotCache:
             if plot is not None:
                 self._plots.move_to_end(key)
                 return plot
-            drawing = self._drawing.setdefault(key, threading.Lock())
-        with drawing:  # viewers who arrive while it is drawn wait for that drawing
+        with self._flights.turn(key):  # viewers who arrive while it is drawn wait for that drawing
             with self._lock:
                 plot = self._plots.get(key)
             if plot is None:
@@ -74,6 +75,4 @@ class PlotCache:
                     self._plots[key] = plot
                     while len(self._plots) > self.size:
                         self._plots.popitem(last=False)
-        with self._lock:
-            self._drawing.pop(key, None)
         return plot

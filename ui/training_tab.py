@@ -9,24 +9,16 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from fl_training import task
-from fl_training.datasets import DATASET_NAMES, DEFAULT_DATASET, load_dataset
-from fl_training.model_io import MAX_MODEL_FILE_BYTES
-from fl_training.runtime import QueueStatus
-from fl_training.task import PARTITIONINGS, STRATEGIES, TrainingConfig
-from story import Baseline, DemoSession, Joined
-from ui import dp_panel, figures, updates_panel
-from ui.common import LIGHT, PROGRESS, REFRESH, TRAINING, DemoContext, lenient, pipeline_status
+from story import Baseline, DemoSession, Joined, QueueStatus, forms
+from ui import dp_panel, figures, training_form, updates_panel
+from ui.common import LIGHT, PROGRESS, REFRESH, TRAINING, DemoContext, pipeline_status
 from ui.errors import USER_ERRORS, user_errors
 from ui.files import hold_upload, serve_file
 from ui.plot_cache import PlotCache
+from ui.training_form import Settings
 
-#: Defaults sized for a 2-core laptop: ~1.5 s for mnist-5k once the training runtime is warm.
-DEFAULT_CLIENTS = 5
-DEFAULT_ROUNDS = 3
-_DEFAULTS = TrainingConfig()
-#: What the form sends untouched: trained once at launch (``SessionRegistry.prepare``).
-DEFAULT_TRAINING = TrainingConfig(num_clients=DEFAULT_CLIENTS, num_rounds=DEFAULT_ROUNDS)
+#: What the form and ``/train`` start from (``story.forms.TRAINING_FORM``, trained once at launch).
+START = training_form.START
 
 #: Training charts, shared by every visitor of a shared run (see ui.plot_cache).
 CHARTS = PlotCache()
@@ -36,12 +28,6 @@ PLOT_INTERVAL_SECONDS = 0.25
 
 #: The round log's columns; "elapsed (s)" counts from the start of the run.
 ROUND_LOG_COLUMNS = ["round", "accuracy", "loss", "clients' own accuracy", "elapsed (s)", "ε"]
-
-PARTITIONING_HELP = {
-    "iid": "IID: every client gets a random, similar share of every label.",
-    "dirichlet": "Dirichlet: label shares drawn from Dir(alpha); small alpha → very skewed clients.",
-    "pathological": "Pathological: each client holds only k labels.",
-}
 
 
 def round_log(history: list[Any]) -> pd.DataFrame:
@@ -133,32 +119,6 @@ def _joined(parts: list[str]) -> str:
 
 
 @dataclass
-class Settings:
-    """The training settings' widgets, in the order of ``/train``'s parameters."""
-
-    dataset: gr.Dropdown
-    num_clients: gr.Slider
-    num_rounds: gr.Slider
-    partitioning: gr.Radio
-    alpha: gr.Slider
-    classes_per_client: gr.Slider
-    strategy: gr.Dropdown
-    local_epochs: gr.Slider
-    seed: gr.Number
-    differential_privacy: gr.Checkbox
-    noise_multiplier: gr.Slider
-    clipping_norm: gr.Slider
-    secure_aggregation: gr.Checkbox
-    start: gr.Button
-
-    def inputs(self) -> list[gr.components.Component]:
-        return [self.dataset, self.num_clients, self.num_rounds, self.partitioning, self.alpha,
-                self.classes_per_client, self.strategy, self.local_epochs, self.seed,
-                self.differential_privacy, self.noise_multiplier, self.clipping_norm,
-                self.secure_aggregation]
-
-
-@dataclass
 class Results:
     """Where a training shows its progress and its result."""
 
@@ -180,54 +140,6 @@ class Upload:
     button: gr.Button
     message: gr.Markdown
     result_json: gr.JSON
-
-
-def _settings_panel() -> Settings:
-    dataset = gr.Dropdown(
-        list(DATASET_NAMES), value=DEFAULT_DATASET, label="Dataset",
-        info="mnist-5k: 5,000 real MNIST digits (offline). digits: 8×8 digits, fastest. "
-             "mnist: full MNIST (needs internet once).",
-    )
-    with gr.Row():
-        num_clients = lenient(gr.Slider(task.MIN_CLIENTS, task.MAX_CLIENTS, value=DEFAULT_CLIENTS, step=1,
-                                        label="Clients"))
-        num_rounds = lenient(gr.Slider(task.MIN_ROUNDS, task.MAX_ROUNDS, value=DEFAULT_ROUNDS, step=1,
-                                       label="Rounds"))
-    partitioning = gr.Radio(
-        list(PARTITIONINGS), value="iid", label="Partitioning", info=PARTITIONING_HELP["iid"],
-    )
-    with gr.Row():
-        # The slider shows the useful part of the range; the API accepts task.ALPHA_RANGE.
-        alpha = lenient(gr.Slider(0.05, 10.0, value=_DEFAULTS.alpha, step=0.05, label="Dirichlet alpha",
-                                  visible=False))
-        classes_per_client = lenient(gr.Slider(
-            1, 10, value=_DEFAULTS.classes_per_client, step=1, label="Classes per client (k)", visible=False
-        ))
-    with gr.Row():
-        strategy = gr.Dropdown(list(STRATEGIES), value=_DEFAULTS.strategy, label="Strategy")
-        local_epochs = lenient(gr.Slider(task.MIN_LOCAL_EPOCHS, task.MAX_LOCAL_EPOCHS,
-                                         value=_DEFAULTS.local_epochs, step=1, label="Local epochs"))
-        seed = lenient(gr.Number(value=_DEFAULTS.seed, label="Seed", precision=0, minimum=0,
-                                 maximum=task.MAX_SEED))
-    with gr.Accordion("Differential privacy", open=False):
-        differential_privacy = gr.Checkbox(
-            value=False, label="Clip client updates and add Gaussian noise on the server (fedavg)"
-        )
-        with gr.Row():
-            noise_multiplier = lenient(gr.Slider(task.NOISE_MULTIPLIER_RANGE[0], 5.0,
-                                                 value=_DEFAULTS.noise_multiplier, step=0.1,
-                                                 label="Noise multiplier σ"))
-            clipping_norm = lenient(gr.Slider(0.1, 20.0, value=_DEFAULTS.clipping_norm, step=0.1,
-                                              label="Clipping norm C"))
-    secure_aggregation = gr.Checkbox(
-        value=False, label="Secure aggregation (SecAgg+): the server only sees the sum of the updates",
-        info=f"{', '.join(task.SECURE_AGGREGATION_STRATEGIES)}; with differential privacy, each client "
-             "clips its own update",
-    )
-    start = gr.Button("Start federated training", variant="primary")
-    return Settings(dataset, num_clients, num_rounds, partitioning, alpha, classes_per_client, strategy,
-                    local_epochs, seed, differential_privacy, noise_multiplier, clipping_norm,
-                    secure_aggregation, start)
 
 
 def _results_panel(distribution_plot: gr.Plot, distribution_note: gr.Markdown) -> Results:
@@ -257,7 +169,7 @@ def _upload_panel() -> Upload:
         )
         with gr.Row():
             file = gr.File(
-                label=f"Model file (.skops, at most {MAX_MODEL_FILE_BYTES // 2**20} MB)",
+                label=f"Model file (.skops, at most {forms.MAX_MODEL_FILE_BYTES // 2**20} MB)",
                 file_types=[".skops"], type="filepath",
             )
             with gr.Column():
@@ -272,7 +184,7 @@ def _wire_partitioning_help(settings: Settings) -> None:
         return (
             gr.update(visible=choice == "dirichlet"),
             gr.update(visible=choice == "pathological"),
-            gr.update(info=PARTITIONING_HELP.get(choice, "")),
+            gr.update(info=training_form.PARTITIONING_HELP.get(choice, "")),
         )
 
     settings.partitioning.change(
@@ -290,12 +202,10 @@ def _wire_preview(ctx: DemoContext, settings: Settings, results: Results) -> Non
         secure_aggregation: bool = False,
     ) -> tuple[Any, str]:
         try:
-            cfg = TrainingConfig.from_values(
+            counts, names, cfg = forms.label_preview(
                 dataset=dataset, num_clients=num_clients, num_rounds=num_rounds, partitioning=partitioning,
                 alpha=alpha, classes_per_client=classes_per_client, local_epochs=local_epochs, seed=seed,
             )
-            counts = task.label_distribution(cfg)
-            names = load_dataset(dataset).class_names
         except USER_ERRORS as exc:
             return None, f"⚠ {exc}"
         note = (
@@ -327,25 +237,25 @@ def _wire_training(ctx: DemoContext, settings: Settings, results: Results) -> No
 
     @user_errors
     def train(
-        dataset: str = DEFAULT_DATASET,
-        num_clients: int = DEFAULT_CLIENTS,
-        num_rounds: int = DEFAULT_ROUNDS,
-        partitioning: str = _DEFAULTS.partitioning,
-        alpha: float = _DEFAULTS.alpha,
-        classes_per_client: int = _DEFAULTS.classes_per_client,
-        strategy: str = _DEFAULTS.strategy,
-        local_epochs: int = _DEFAULTS.local_epochs,
-        seed: int = _DEFAULTS.seed,
+        dataset: str = START.dataset,
+        num_clients: int = START.num_clients,
+        num_rounds: int = START.num_rounds,
+        partitioning: str = START.partitioning,
+        alpha: float = START.alpha,
+        classes_per_client: int = START.classes_per_client,
+        strategy: str = START.strategy,
+        local_epochs: int = START.local_epochs,
+        seed: int = START.seed,
         differential_privacy: bool = False,
-        noise_multiplier: float = _DEFAULTS.noise_multiplier,
-        clipping_norm: float = _DEFAULTS.clipping_norm,
+        noise_multiplier: float = START.noise_multiplier,
+        clipping_norm: float = START.clipping_norm,
         secure_aggregation: bool = False,
         state: DemoSession | None = None,
         request: gr.Request = None,
         progress: gr.Progress = PROGRESS,
     ):
         """Train a model with Flower and stream each round (API: /train)."""
-        cfg = TrainingConfig.from_values(
+        cfg = forms.TrainingConfig.from_values(
             dataset=dataset, num_clients=num_clients, num_rounds=num_rounds, partitioning=partitioning,
             alpha=alpha, classes_per_client=classes_per_client, strategy=strategy, local_epochs=local_epochs,
             seed=seed, differential_privacy=differential_privacy, noise_multiplier=noise_multiplier,
@@ -412,7 +322,7 @@ def _wire_upload(ctx: DemoContext, settings: Settings, results: Results, upload:
     @user_errors
     def upload_model(
         file: str | None = None,
-        dataset: str = DEFAULT_DATASET,
+        dataset: str = START.dataset,
         state: DemoSession | None = None,
         request: gr.Request = None,
     ):
@@ -456,7 +366,7 @@ def build(ctx: DemoContext) -> None:
     )
     with gr.Row():
         with gr.Column(scale=2, min_width=320):
-            settings = _settings_panel()
+            settings = training_form.build()
             dp_panel.build(settings)
         with gr.Column(scale=3, min_width=360):
             distribution_plot = gr.Plot(label="Label distribution per client", format="png")

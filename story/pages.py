@@ -1,0 +1,93 @@
+"""A page of the app opens and closes: a reload resumes the visitor's model (see :mod:`story.resume`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from story.errors import StepError
+from story.registry import SessionRegistry
+from story.resume import looks_like_token, new_token
+from story.session import DemoSession
+
+
+@dataclass(frozen=True)
+class PageStart:
+    """What a page that just loaded got.
+
+    Attributes
+    ----------
+    token : str
+        The browser's token (the one it sent, or a new one): the only thing the browser keeps.
+    session : DemoSession or None
+        The page's session if it resumed a previous one, else None (created on first use).
+    message : str
+        What to tell the visitor ("" when there was nothing to resume).
+    """
+
+    token: str
+    session: DemoSession | None
+    message: str
+
+
+def open_page(registry: SessionRegistry, page_id: str, token: object) -> PageStart:
+    """Start a page: resume the model and deployment of the same browser's previous page, with new keys.
+
+    Parameters
+    ----------
+    registry : SessionRegistry
+        The app's sessions.
+    page_id : str
+        The new page's UI session id.
+    token : object
+        What the browser sent: a token from an earlier :class:`PageStart`, or
+        anything else (then a new token is issued and nothing is resumed).
+
+    Returns
+    -------
+    PageStart
+        The token to keep in the browser, and the resumed session, if any.
+    """
+    resumptions = registry.resumptions
+    resumptions.sweep()
+    if not looks_like_token(token):
+        token = new_token()
+        resumptions.remember(page_id, token)
+        return PageStart(token, None, "")
+    parked = resumptions.take(token)
+    previous = parked or registry.get(resumptions.page_of(token))
+    if previous is None or previous is registry.get(page_id) or previous.model is None:
+        resumptions.remember(page_id, token)
+        return PageStart(token, None, "")
+    try:
+        session = registry.resolve(None, page_id)
+        resumed = session.resume_from(previous)
+    finally:
+        if parked is not None:
+            parked.close()
+    resumptions.remember(page_id, token)
+    if not resumed:
+        return PageStart(token, None, "")
+    message = "Resumed your model from before the reload"
+    if session.deployment is not None:
+        message += " and its compiled deployment"
+        try:
+            session.generate_keys(reason="page reloaded")
+            message += "; a new private key was generated for this page (the old one was deleted)"
+        except (StepError, ValueError, RuntimeError) as exc:
+            message += f"; new keys could not be generated ({exc}): run step ① again"
+    return PageStart(token, session, message + ".")
+
+
+def close_page(registry: SessionRegistry, page_id: str | None) -> None:
+    """A page closed: park its session for a reload (keys deleted at once), or wipe it.
+
+    Parameters
+    ----------
+    registry : SessionRegistry
+        The app's sessions.
+    page_id : str or None
+        The closed page's UI session id.
+    """
+    session = registry.detach(page_id)
+    if session is not None and not registry.resumptions.park(page_id, session):
+        session.close()
