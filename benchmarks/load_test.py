@@ -26,6 +26,7 @@ Usage::
     python benchmarks/load_test.py [--url http://127.0.0.1:7860/] [--sessions 10] [--train] [--json]
     python benchmarks/load_test.py --workshop defaults --sessions 30
     python benchmarks/load_test.py --workshop seeds --sessions 30
+    python benchmarks/load_test.py --classroom 30 [--drawings 20] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -245,9 +246,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workshop", choices=("defaults", "seeds"),
                         help="a classroom: every session trains with the app's defaults (mnist-5k); "
                              "'seeds' gives session k seed k, so every training is a different run")
+    parser.add_argument("--classroom", type=int, metavar="N",
+                        help="a class as the federation: N participants join, draw, train, decrypt "
+                             "(benchmarks/classroom_load.py)")
+    parser.add_argument("--drawings", type=int, default=20, help="with --classroom: drawings per participant")
+    parser.add_argument("--rounds", type=int, default=5, help="with --classroom: the class run's rounds")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--verbose", action="store_true", help="print tracebacks of failed sessions")
     args = parser.parse_args(argv)
+    if args.classroom:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        from classroom_load import run as run_class
+
+        url = args.url if args.url.endswith("/") else args.url + "/"
+        report = run_class(url, args.classroom, args.drawings, args.rounds, args.verbose)
+        print(json.dumps(report, indent=None if args.json else 2))
+        return 1 if report["errors"] or report["other_sessions_answers"] else 0
     if args.sessions < 1:
         parser.error("--sessions must be at least 1")
     url = args.url if args.url.endswith("/") else args.url + "/"

@@ -1,10 +1,15 @@
-"""Command line: ``python -m fl_training --dataset mnist-5k --clients 10 --rounds 5``."""
+"""Command line: ``python -m fl_training --dataset mnist-5k --clients 10 --rounds 5``, and
+``python -m fl_training join --superlink HOST:PORT --drawings my-drawings.npz`` for a class's participant.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import socket
 import sys
+from pathlib import Path
 
 from fl_training.config import PARTITIONINGS, STRATEGIES, TrainingConfig
 from fl_training.datasets import DATASET_NAMES, DEFAULT_DATASET, DatasetUnavailableError
@@ -52,7 +57,59 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def build_join_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m fl_training join",
+        description="Take part in a class's federated training from this machine: a Flower SuperNode "
+        "that trains on your own drawings file (exported from the app); the drawings never leave it.",
+    )
+    p.add_argument("--superlink", required=True, metavar="HOST:PORT",
+                   help="the teacher's SuperLink (Fleet API)")
+    p.add_argument("--drawings", required=True, metavar="FILE", help="your drawings (my-drawings.npz)")
+    p.add_argument("--dataset", choices=DATASET_NAMES, default=DEFAULT_DATASET,
+                   help="the dataset the class trains (its drawings' format)")
+    p.add_argument("--port", type=int, default=0,
+                   help="this SuperNode's own ClientAppIo port (0: a free one)")
+    p.add_argument("--dry-run", action="store_true", help="check the file and print the command only")
+    return p
+
+
+def join(argv: list[str]) -> int:
+    """Check the drawings file here, then become a SuperNode of the teacher's federation."""
+    args = build_join_parser().parse_args(argv)
+    from fl_training.datasets import load_dataset
+    from fl_training.local_data import DrawingsFileError, load_drawings
+
+    path = Path(args.drawings).resolve()
+    try:
+        X, y = load_drawings(path, load_dataset(args.dataset))
+    except DrawingsFileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    port = args.port or _free_port()
+    command = [
+        str(Path(sys.executable).with_name("flower-supernode")), "--insecure", "--superlink", args.superlink,
+        "--host", "127.0.0.1", "--port", str(port), "--node-config", f"drawings='{path}'",
+    ]
+    print(f"{len(y)} drawings checked ({path.name}); they stay on this machine. Joining {args.superlink} …",
+          flush=True)
+    if args.dry_run:
+        print(" ".join(command))
+        return 0
+    os.execv(command[0], command)  # the SuperNode replaces this process (Ctrl-C stops it)
+    return 0  # pragma: no cover - execv does not return
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["join"]:
+        return join(argv[1:])
     args = build_parser().parse_args(argv)
     engine = None
     try:

@@ -28,6 +28,7 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 from fl_training.config import TrainingConfig
 from fl_training.datasets import load_dataset
 from fl_training.task import (
+    OWN_DATA,
     PARTITION_RECORD,
     client_data,
     equal_client_weights,
@@ -94,6 +95,11 @@ def _context_of(settings: Mapping[str, Any], context: Context) -> tuple[Training
             f"This SuperNode is one of {num_partitions} partitions, but the run expects "
             f"{cfg.num_clients} clients: start the SuperNodes with num-partitions={cfg.num_clients}."
         )
+    if not 0 <= partition_id < num_partitions:  # a negative id would index from the end
+        raise ValueError(
+            f"This SuperNode's partition-id is {partition_id}, but with {num_partitions} partitions it must "
+            f"be 0 … {num_partitions - 1}: start it with a partition-id in that range."
+        )
     return cfg, partition_id
 
 
@@ -152,9 +158,17 @@ def evaluate_local(msg: Message, context: Context) -> Message:
 
 
 def describe_partition(msg: Message, context: Context) -> Message:
-    """Say which partition this SuperNode holds, as its node config says (nothing about the data)."""
-    keys = ("partition-id", "num-partitions")
-    record = ConfigRecord({k: int(context.node_config[k]) for k in keys if k in context.node_config})
+    """Say which partition this SuperNode holds, as its node config says (nothing about the data).
+
+    The values go as the node config holds them: the server checks their ranges
+    (``fl_training.federation``) and, if they are wrong, names them when it
+    leaves this node out.
+    """
+    if "drawings" in context.node_config:
+        record = ConfigRecord({OWN_DATA: 1})  # any partition will do: it trains on its own file
+    else:
+        keys = ("partition-id", "num-partitions")
+        record = ConfigRecord({k: context.node_config[k] for k in keys if k in context.node_config})
     return Message(content=RecordDict({PARTITION_RECORD: record}), reply_to=msg)
 
 

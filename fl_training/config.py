@@ -10,6 +10,8 @@ checks every value against :data:`TRAINING_CONSTRAINTS`; everything inside trust
 
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -47,6 +49,46 @@ TRAINING_CONSTRAINTS = {
 
 #: Fewest clients a run needs (the federation is complete before round 1).
 MIN_CLIENTS = TRAINING_CONSTRAINTS["num_clients"].low
+
+# Work budget. Each setting is bounded alone, but together they multiply: 100 clients × 100 rounds
+# × 200 local epochs with secure aggregation is hours. A run's work is counted in sample-epochs (one
+# solver pass over one training sample) as
+#
+#     num_rounds × (local_epochs × (training samples + num_clients × CLIENT_EPOCH_WORK)
+#                   + num_clients × CLIENT_ROUND_WORK + ROUND_WORK)          [× SECURE_AGGREGATION_FACTOR]
+#
+# Basis, on this project's 2-core machine: `fl_training.task.fit_local` on mnist-5k partitions
+# (one thread, as in the runtime's Ray actors; a round of every client's fit from the global
+# weights) took 0.16 s for 10 clients × 10 epochs, 0.73–0.77 s for 100 × 10, 3.1–3.4 s for 100 × 50:
+# ~3.2 µs per sample-epoch, plus ~0.44 ms per client and epoch and ~1.6 ms per fit, whatever the
+# partition's size. Flower's own cost per round comes from README's "Cost" figures
+# (`benchmarks/bench_secure_aggregation.py`): 10 clients × 5 rounds take 5.6–6.8 s of federated work,
+# a round of 100 clients 4.5 s; less the fits, that is ~30 ms per client and ~0.77 s per round.
+# The estimate then gives 6.3 s for the defaults and 4.5 s for a round of 100 clients (10.1 s and
+# 7.3 s with SecAgg+, measured 9.3–9.8 s and ~7 s). With many local epochs it counts high: the
+# solver stops at convergence, before ``max_iter`` (10 clients × 200 epochs: a round in 0.8–1.1 s
+# of fits, counted as 3.5 s).
+
+#: Seconds of one sample-epoch (measured above); turns work into the time a message quotes.
+SECONDS_PER_WORK = 3.2e-6
+#: A client's cost per local epoch whatever its partition's size: 0.44 ms ≈ 140 sample-epochs.
+CLIENT_EPOCH_WORK = 140
+#: A client's cost per round besides its epochs (Flower's messages, the fit's set-up, its
+#: evaluation): ~30 ms + 1.6 ms ≈ 10,000 sample-epochs.
+CLIENT_ROUND_WORK = 10_000
+#: A round's cost whatever the clients (the server's evaluation, Flower's round): ~0.77 s.
+ROUND_WORK = 240_000
+#: SecAgg+ adds key agreement, secret sharing and masking per client and round, and three more
+#: message exchanges per round: README's figures give 9.3–9.8 s instead of 5.6–6.8 s on the
+#: defaults and ~7 s instead of 4.5 s per round of 100 clients, a factor of 1.5–1.7.
+SECURE_AGGREGATION_FACTOR = 1.6
+#: The most work a run may ask for, ~144 s at :data:`SECONDS_PER_WORK`: the largest accepted run
+#: takes about 2–3 minutes on 2 cores (the defaults with 100 rounds: 39 million). The defaults
+#: are 2.0 million, the app's quick preset 1.0 million, the differential-privacy preset 2.6 million.
+#: ``$FHE_DEMO_MAX_TRAINING_WORK`` replaces it (a local run).
+MAX_TRAINING_WORK = 45_000_000
+#: Environment variable: the largest work a run may ask for (a positive whole number).
+MAX_TRAINING_WORK_ENV = "FHE_DEMO_MAX_TRAINING_WORK"
 
 
 @dataclass(frozen=True)
@@ -185,12 +227,17 @@ def _check_combination(cfg: TrainingConfig) -> None:
 
 
 def check_fits_dataset(cfg: TrainingConfig, dataset: Dataset) -> None:
-    """Refuse settings the dataset is too small or has too few labels for.
+    """Refuse settings the dataset is too small or has too few labels for, or that are too much work.
+
+    Every run's entry calls it (``fl_training.task.check_runnable`` through
+    ``partition_indices`` in a simulation, the ServerApp's main under ``flwr run``),
+    before anything slow.
 
     Raises
     ------
     SettingError
-        Saying how many clients or classes per client the dataset allows.
+        Saying how many clients or classes per client the dataset allows, or
+        how much work a run may be (:func:`check_training_work`).
     """
     max_clients = len(dataset.y_train) // MIN_SAMPLES_PER_CLIENT
     if cfg.num_clients > max_clients:
@@ -203,6 +250,84 @@ def check_fits_dataset(cfg: TrainingConfig, dataset: Dataset) -> None:
             f"{dataset.name} has {dataset.n_classes} classes; classes_per_client must be at most "
             f"{dataset.n_classes}."
         )
+    check_training_work(cfg, dataset)
+
+
+def training_work(cfg: TrainingConfig, dataset: Dataset) -> int:
+    """A run's work in sample-epochs, as the comment above :data:`SECONDS_PER_WORK` counts it.
+
+    Parameters
+    ----------
+    cfg : TrainingConfig
+        The run's settings.
+    dataset : Dataset
+        Its dataset (the clients share its training split).
+
+    Returns
+    -------
+    int
+        The work; about ``work × SECONDS_PER_WORK`` seconds on 2 cores.
+    """
+    per_round = (
+        cfg.local_epochs * (len(dataset.y_train) + cfg.num_clients * CLIENT_EPOCH_WORK)
+        + cfg.num_clients * CLIENT_ROUND_WORK
+        + ROUND_WORK
+    )
+    factor = SECURE_AGGREGATION_FACTOR if cfg.secure_aggregation else 1.0
+    return math.ceil(cfg.num_rounds * per_round * factor)
+
+
+def max_training_work() -> int:
+    """The most work a run may ask for: ``$FHE_DEMO_MAX_TRAINING_WORK`` or :data:`MAX_TRAINING_WORK`.
+
+    Raises
+    ------
+    ValueError
+        If the variable is set but is not a positive whole number.
+    """
+    raw = os.environ.get(MAX_TRAINING_WORK_ENV, "").strip()
+    if not raw:
+        return MAX_TRAINING_WORK
+    if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:
+        raise ValueError(
+            f"{MAX_TRAINING_WORK_ENV} must be a positive whole number of sample-epochs (the default is "
+            f"{MAX_TRAINING_WORK}), got {raw[:40]!r}."
+        )
+    return int(raw)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def check_training_work(cfg: TrainingConfig, dataset: Dataset) -> None:
+    """Refuse a run whose work (:func:`training_work`) is above :func:`max_training_work`.
+
+    Raises
+    ------
+    SettingError
+        With the run's work, the largest allowed, what to lower, and how to
+        raise the bound for a local run.
+    ValueError
+        If ``$FHE_DEMO_MAX_TRAINING_WORK`` is not a positive whole number.
+    """
+    work, allowed = training_work(cfg, dataset), max_training_work()
+    if work <= allowed:
+        return
+    secure = " with secure aggregation" if cfg.secure_aggregation else ""
+    lower = "rounds, local epochs or clients" + (", or turn secure aggregation off" if secure else "")
+    raise SettingError(
+        f"This training is too much work: {cfg.num_clients} clients × {cfg.num_rounds} rounds × "
+        f"{cfg.local_epochs} local epochs on {dataset.name}'s {len(dataset.y_train):,} training "
+        f"samples{secure} come to {work:,} sample-epochs (about {_duration(work * SECONDS_PER_WORK)} on 2 "
+        f"cores); the largest allowed is {allowed:,} (about {_duration(allowed * SECONDS_PER_WORK)}). Use "
+        f"fewer {lower}. For a run on your own machine, raise the bound: start it with the environment "
+        f"variable {MAX_TRAINING_WORK_ENV}={work}."
+    )
 
 
 #: The defaults: ``python -m fl_training``, ``flwr run .`` and README's figures.

@@ -3,7 +3,8 @@
 Server role. In a deployment the federation is the SuperNodes that are
 connected: :func:`discover_federation` waits for them (saying what it waits
 for) and asks each which partition its node config gives it, up to a bounded
-wait. :class:`FederationGrid` then wraps Flower's grid for the run: only those
+wait; a node whose answer is out of range is left out, with a message.
+:class:`FederationGrid` then wraps Flower's grid for the run: only those
 nodes, every exchange bounded in time, and a note of what the server received
 from one client in each round (:class:`ReceivedUpdate`) and of the clients
 that dropped out.
@@ -23,8 +24,12 @@ from flwr.common import bytes_to_ndarray
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
 from flwr.serverapp import Grid
 
-from fl_training.task import PARTITION_RECORD
+from fl_training.config import TRAINING_CONSTRAINTS
+from fl_training.task import OWN_DATA, PARTITION_RECORD
+from fl_training.validation import SettingError, Whole
 
+#: The partition id of a SuperNode that trains on its own data (any free partition will do).
+ANY_PARTITION = -1
 #: The modulus of SecAgg+'s masked vectors (Flower's default, 2**32).
 SECAGG_MODULUS = 2**32
 #: How often the wait for SuperNodes says what it is waiting for.
@@ -32,6 +37,15 @@ WAIT_REPORT_SECONDS = 5.0
 #: Longest wait for SuperNodes to say which partition they hold (the first message
 #: of a run starts their ClientApp); one that has not answered is asked again.
 QUERY_TIMEOUT_SECONDS = 30.0
+#: What a SuperNode's node config may say ``num-partitions`` is: the bound of ``num_clients``.
+NUM_PARTITIONS: Whole = TRAINING_CONSTRAINTS["num_clients"]
+#: The node config a SuperNode of a federation is started with.
+_NODE_CONFIG = (
+    f"--node-config \"partition-id=I num-partitions=N\" (N = {NUM_PARTITIONS.low} … {NUM_PARTITIONS.high}, "
+    "I = 0 … N-1)"
+)
+#: Longest account of a node's value in a message (a node config may hold long strings).
+_MAX_SHOWN = 300
 
 
 class FederationError(RuntimeError):
@@ -134,35 +148,46 @@ def discover_federation(
     FederationError
         After ``wait_seconds`` without every partition, or if the SuperNodes
         disagree on the number of partitions; the message says what is missing.
+        A SuperNode whose node config is out of range (``num-partitions``
+        outside :data:`NUM_PARTITIONS`, ``partition-id`` outside
+        ``0 … num-partitions-1``) is not an error: it is left out, and ``say``
+        names it, its value and the valid range.
     """
     deadline = time.monotonic() + wait_seconds
     partitions: dict[int, tuple[int, int | None]] = {}  # node → (partition-id, num-partitions)
+    left_out: set[int] = set()  # nodes whose node config is out of range: never asked again
     asked: dict[int, float] = {}  # node → when it was last asked
     next_report = 0.0
     while True:
         connected = set(grid.get_node_ids())
         now = time.monotonic()
-        unanswered = connected - set(partitions)
+        unanswered = connected - set(partitions) - left_out
         ask = [n for n in unanswered if n not in asked or now - asked[n] >= WAIT_REPORT_SECONDS]
         if ask:
             if first := [n for n in ask if n not in asked]:
                 say(f"Asking {len(first)} SuperNode(s) which partition they hold …")
             asked.update((n, now) for n in ask)
             budget = min(QUERY_TIMEOUT_SECONDS, max(1.0, deadline - now))
-            partitions.update(_ask_partitions(grid, ask, timeout=budget))
+            for node, record in _ask_partitions(grid, ask, timeout=budget).items():
+                try:
+                    partitions[node] = _read_partition(record, expected)
+                except SettingError as exc:
+                    left_out.add(node)
+                    problem = str(exc) if len(str(exc)) <= _MAX_SHOWN else str(exc)[:_MAX_SHOWN] + " …"
+                    say(f"SuperNode {node} is left out of the federation, its node config is out of range: "
+                        f"{problem} To take part, it must be started with {_NODE_CONFIG}.")
         present = {node: partitions[node] for node in connected if node in partitions}
         wanted = _agreed_partitions(present, expected)
         holders = _holders(present, wanted)
         if wanted is not None and len(holders) == wanted:
             say(f"Federation ready: {wanted} SuperNodes, one per partition.")
             return Federation(tuple(holders[i] for i in range(wanted)))
-        status = _waiting_status(len(connected), wanted, holders)
+        status = _waiting_status(len(connected), wanted, holders, len(left_out & connected))
         now = time.monotonic()
         if now >= deadline:
             raise FederationError(
                 f"Gave up after {wait_seconds:g} s waiting for the SuperNodes: {status}. Start one SuperNode "
-                "per partition with --node-config \"partition-id=I num-partitions=N\" (I = 0 … N-1), "
-                "or raise the run-config key node-wait-seconds."
+                f"per partition with {_NODE_CONFIG}, or raise the run-config key node-wait-seconds."
             )
         if now >= next_report:
             say(f"Waiting for SuperNodes: {status}; giving up in {deadline - now:.0f} s.")
@@ -182,19 +207,39 @@ def wait_for_nodes(grid: Grid, count: int, wait_seconds: float) -> Federation:
     return Federation(tuple(nodes[:count]))
 
 
-def _ask_partitions(grid: Grid, nodes: Iterable[int], timeout: float) -> dict[int, tuple[int, int | None]]:
+def _ask_partitions(grid: Grid, nodes: Iterable[int], timeout: float) -> dict[int, ConfigRecord]:
+    """What each node that answered in time says about its partition (as it said it: unchecked)."""
     messages = [Message(content=RecordDict(), dst_node_id=node, message_type=MessageType.QUERY)
                 for node in nodes]
     answers = {}
     for reply in grid.send_and_receive(messages, timeout=timeout):
         if reply.has_error() or PARTITION_RECORD not in reply.content.config_records:
             continue
-        record = reply.content.config_records[PARTITION_RECORD]
-        total = record.get("num-partitions")
-        answers[reply.metadata.src_node_id] = (
-            int(record.get("partition-id", 0)), None if total is None else int(total)
-        )
+        answers[reply.metadata.src_node_id] = reply.content.config_records[PARTITION_RECORD]
     return answers
+
+
+def _read_partition(record: ConfigRecord, expected: int | None) -> tuple[int, int | None]:
+    """A node's ``(partition-id, num-partitions)``, each checked against its range before any use.
+
+    ``num-partitions`` has the bound of ``num_clients`` (:data:`NUM_PARTITIONS`);
+    ``partition-id`` is in ``0 … N-1``, where N is the node's ``num-partitions``,
+    else the run's ``expected``, else the largest number of clients. A node
+    that trains on its own data holds :data:`ANY_PARTITION`.
+
+    Raises
+    ------
+    SettingError
+        Naming the key, the node's value and the valid range.
+    """
+    if OWN_DATA in record:
+        return ANY_PARTITION, None
+    total = record.get("num-partitions")
+    if total is not None:
+        total = NUM_PARTITIONS.check("num-partitions", total)
+    partitions = total or expected or NUM_PARTITIONS.high
+    partition_id = Whole(0, partitions - 1).check("partition-id", record.get("partition-id", 0))
+    return partition_id, total
 
 
 def _agreed_partitions(present: dict[int, tuple[int, int | None]], expected: int | None) -> int | None:
@@ -216,7 +261,8 @@ def _agreed_partitions(present: dict[int, tuple[int, int | None]], expected: int
     if present and not totals:
         raise FederationError(
             "The SuperNodes do not say how many partitions there are: start them with --node-config "
-            "\"partition-id=I num-partitions=N\", or set the run-config key num-clients."
+            "\"partition-id=I num-partitions=N\", or set the run-config key num-clients (for SuperNodes "
+            "that bring their own drawings: how many will join)."
         )
     return totals.pop() if totals else None
 
@@ -228,15 +274,25 @@ def _holders(present: dict[int, tuple[int, int | None]], wanted: int | None) -> 
         partition = present[node][0]
         if wanted is not None and 0 <= partition < wanted:
             holders.setdefault(partition, node)
+    # Nodes that train on their own data take the partitions left free, in the order they connected.
+    free = (i for i in range(wanted or 0) if i not in holders)
+    for node in sorted(n for n, (partition, _) in present.items() if partition == ANY_PARTITION):
+        slot = next(free, None)
+        if slot is None:
+            break
+        holders[slot] = node
     return holders
 
 
-def _waiting_status(connected: int, wanted: int | None, holders: dict[int, int]) -> str:
+def _waiting_status(connected: int, wanted: int | None, holders: dict[int, int], left_out: int = 0) -> str:
+    """``wanted`` is within :data:`NUM_PARTITIONS` (the run's or a checked node config's)."""
+    out = f", {left_out} left out for their node config" if left_out else ""
     if wanted is None:
-        return (f"{connected} connected, none has said which partition it holds yet "
+        nobody = "no other" if left_out else "none"
+        return (f"{connected} connected{out}, {nobody} has said which partition it holds yet "
                 "(a SuperNode answers once its ClientApp has started)")
     missing = [str(i) for i in range(wanted) if i not in holders]
-    return (f"{len(holders)} of {wanted} partitions have a SuperNode ({connected} connected); "
+    return (f"{len(holders)} of {wanted} partitions have a SuperNode ({connected} connected{out}); "
             f"missing partition {', '.join(missing)}")
 
 

@@ -14,6 +14,7 @@ import json
 import os
 import pickle
 import zipfile
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -251,6 +252,12 @@ def audit_model_file(path: str | os.PathLike) -> dict[str, Any]:
     :data:`MAX_SCHEMA_NODES`): no object is built and no code runs. Pickle
     and joblib files are refused outright, since unpickling runs code.
 
+    skops reads an archive entry once per schema node that names it, so what
+    loading would read is counted too: every entry may be named once, and the
+    sum over the naming nodes of their entries' sizes may not exceed
+    :data:`MAX_MODEL_UNPACKED_BYTES` (a 4 KB file naming one 3.9 MB entry 590
+    times would otherwise make skops read ~2.3 GB).
+
     Parameters
     ----------
     path : path-like
@@ -280,6 +287,8 @@ def audit_model_file(path: str | os.PathLike) -> dict[str, Any]:
     try:
         with zipfile.ZipFile(path) as archive:
             entries = archive.infolist()
+            # What ZipFile.read(name) unpacks (for a name repeated in the archive, its last entry).
+            entry_sizes = {entry.filename: entry.file_size for entry in entries}
             unpacked = sum(entry.file_size for entry in entries)
             if len(entries) > MAX_MODEL_ENTRIES or unpacked > MAX_MODEL_UNPACKED_BYTES:
                 raise ModelFileError(
@@ -301,7 +310,10 @@ def audit_model_file(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(schema, dict):
         raise ModelFileError(f"{path.name}'s schema.json does not describe an object: {_SKOPS_HINT}.")
     refused = set()
+    named: Counter[str] = Counter()  # archive entry → nodes naming it (skops reads it once for each)
     for node in _skops_nodes(schema):
+        if "file" in node:
+            named[_named_entry(node["file"], entry_sizes, path.name)] += 1
         loader = node.get("__loader__")
         if loader == "CachedNode":  # a reference to an object described elsewhere in the file
             continue
@@ -316,7 +328,42 @@ def audit_model_file(path: str | os.PathLike) -> dict[str, Any]:
             f"{path.name} contains types outside the allow-list: {listed}. Only a plain "
             f"LogisticRegression is accepted: {_SKOPS_HINT}."
         )
+    _check_reads(named, entry_sizes, path.name)
     return schema
+
+
+def _named_entry(name: Any, entry_sizes: dict[str, int], file_name: str) -> str:
+    """The archive entry a schema node names in its ``file`` key (an array's ``.npy``)."""
+    if not isinstance(name, str) or name not in entry_sizes:
+        raise ModelFileError(
+            f"{file_name}'s schema.json names an array file {str(name)[:80]!r} that the archive does not "
+            f"hold, so it is not a usable skops file: {_SKOPS_HINT}."
+        )
+    return name
+
+
+def _check_reads(named: Counter[str], entry_sizes: dict[str, int], file_name: str) -> None:
+    """Refuse a schema whose loading would read more than :data:`MAX_MODEL_UNPACKED_BYTES`, or an entry twice.
+
+    Checked in this order so that a file naming a large entry many times is
+    told how much it would read; any entry named twice is refused after that
+    (a LogisticRegression names each of its arrays once).
+    """
+    reads = sum(entry_sizes[name] * count for name, count in named.items())
+    if reads > MAX_MODEL_UNPACKED_BYTES:
+        raise ModelFileError(
+            f"{file_name}'s schema.json names its array files {named.total():,} times, so loading it would "
+            f"read {_megabytes(reads)}; loading a model file may read at most "
+            f"{_megabytes(MAX_MODEL_UNPACKED_BYTES)}, each array once: {_SKOPS_HINT}."
+        )
+    repeated = sorted((name for name, count in named.items() if count > 1), key=lambda n: -named[n])
+    if repeated:
+        listed = ", ".join(f"{name!r} ({named[name]} times)" for name in repeated[:3])
+        listed += " …" if len(repeated) > 3 else ""
+        raise ModelFileError(
+            f"{file_name}'s schema.json names the same array file more than once: {listed}; skops would "
+            f"read it once per mention, and a LogisticRegression names each array once: {_SKOPS_HINT}."
+        )
 
 
 # --------------------------------------------------------------------------

@@ -33,6 +33,9 @@ LOCAL_VALIDATION_FRACTION = 0.1
 CLIENT_INVERSE_REGULARISATION = 5.0
 #: The record in which a ClientApp says which partition its node config gives it (no data).
 PARTITION_RECORD = "partition"
+#: What a SuperNode with its own drawings (node config ``drawings``) says instead of a partition id:
+#: the federation gives it any partition left free.
+OWN_DATA = "own-data"
 #: Server learning rate of FedAdam (and its ``eta_l``): the averaged update is a pseudo-gradient,
 #: and a smaller step than Flower's default 0.1 suits a linear model's weights.
 FEDADAM_LEARNING_RATE = 0.05
@@ -106,10 +109,9 @@ def partition_indices(cfg: TrainingConfig) -> tuple[np.ndarray, ...]:
     SettingError
         If the dataset cannot be divided this way (see :func:`check_fits_dataset`).
     """
-    (hf_datasets,) = import_once("datasets")
-
     dataset = load_dataset(cfg.dataset)
     check_fits_dataset(cfg, dataset)
+    (hf_datasets,) = import_once("datasets")
     order = np.random.default_rng(cfg.seed).permutation(len(dataset.y_train))
     table = hf_datasets.Dataset.from_dict({"row": order, "label": dataset.y_train[order]})
     partitioner = _make_partitioner(cfg)
@@ -182,6 +184,7 @@ def check_runnable(cfg: TrainingConfig) -> None:
         partition_indices(cfg)
         return
     dataset = load_dataset(cfg.dataset)
+    check_fits_dataset(cfg, dataset)  # the work budget too
     for partition_id in range(cfg.num_clients):
         local_data.load_drawings(local_data.partition_file(cfg.client_data, partition_id)[0], dataset)
 

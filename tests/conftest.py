@@ -1,6 +1,34 @@
-"""Test-wide settings: headless plotting, quiet Ray, nothing from the network."""
+"""Test-wide settings (headless plotting, quiet Ray, nothing from the network) and shared fixtures.
+
+- ``launched_app``: the demo launched on 127.0.0.1, one per test module;
+- ``digits_model``, ``digits_deployment``, ``other_deployment``, ``keyed_client``,
+  ``admin_token``: a small digits model compiled to FHE once per session;
+- ``image_bomb``: a PNG that is tiny on disk and huge once decoded.
+
+Fixtures of one package's tests only live in that folder's ``conftest.py``;
+plain helpers in ``tests/helpers.py``.
+"""
+
+from __future__ import annotations
 
 import os
+import struct
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pytest
+
+from tests.helpers import LaunchedApp, running_app
+
+if TYPE_CHECKING:
+    from sklearn.linear_model import LogisticRegression
+
+    from fhe_model.developer import CompiledModel, DeploymentFiles
+    from fl_training.datasets import Dataset
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
@@ -8,3 +36,110 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+
+ADMIN_TOKEN = "test-admin-token"
+
+
+# -- the launched demo --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def launched_app() -> Iterator[LaunchedApp]:
+    """One launched demo (and its local FHE server) per test module."""
+    with running_app() as app:
+        yield app
+
+
+# -- a small digits model, compiled once per session ------------------------------------
+
+
+@dataclass
+class Built:
+    """A compiled digits deployment and what it was built from."""
+
+    dataset: Dataset
+    model: LogisticRegression
+    compiled: CompiledModel
+    files: DeploymentFiles
+
+    def expected(self, X: np.ndarray) -> np.ndarray:
+        """What the circuit must output: the quantized model run in the clear."""
+        return self.compiled.concrete_model.predict(np.atleast_2d(X))
+
+
+def _build(model: LogisticRegression, directory: Path, n_bits: int) -> Built:
+    from fhe_model.developer import compile_model, save_deployment
+    from fl_training.datasets import load_dataset
+
+    dataset = load_dataset("digits")
+    compiled = compile_model(model, dataset, n_bits=n_bits, evaluation_samples=120)
+    return Built(dataset, model, compiled, save_deployment(compiled, directory))
+
+
+@pytest.fixture(scope="session")
+def digits_model() -> LogisticRegression:
+    """A LogisticRegression trained centrally on digits."""
+    from sklearn.linear_model import LogisticRegression
+
+    from fl_training.datasets import load_dataset
+
+    dataset = load_dataset("digits")
+    return LogisticRegression(max_iter=3000).fit(dataset.X_train, dataset.y_train)
+
+
+@pytest.fixture(scope="session")
+def digits_deployment(digits_model, tmp_path_factory) -> Built:
+    """digits, n_bits=8, data calibration."""
+    return _build(digits_model, tmp_path_factory.mktemp("fhe") / "digits-8", 8)
+
+
+@pytest.fixture(scope="session")
+def other_deployment(digits_model, tmp_path_factory) -> Built:
+    """Another circuit (n_bits=3: other crypto parameters) for mismatch tests."""
+    return _build(digits_model, tmp_path_factory.mktemp("fhe") / "digits-3", 3)
+
+
+@pytest.fixture()
+def keyed_client(digits_deployment, tmp_path):
+    """An FHEClient with fresh keys in a per-test key directory."""
+    from fhe_model.client import FHEClient
+
+    client = FHEClient(digits_deployment.files.directory, tmp_path / "keys")
+    client.generate_keys()
+    return client
+
+
+@pytest.fixture(scope="session")
+def admin_token() -> str:
+    return ADMIN_TOKEN
+
+
+# -- a decompression bomb ----------------------------------------------------------------
+
+#: Side of the bomb: a solid 13,000 x 13,000 PNG is ~0.2 MB on the wire and 676 MB decoded to RGBA.
+BOMB_SIDE = 13_000
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def write_bomb(path: Path, side: int = BOMB_SIDE) -> Path:
+    """A solid grayscale PNG of side x side pixels, written row by row (never held decoded)."""
+    compressor = zlib.compressobj(9)
+    row = bytes(side + 1)  # filter byte + black pixels
+    idat = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    chunks = _chunk(b"IHDR", header) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunks)
+    return path
+
+
+@pytest.fixture(scope="session")
+def image_bomb(tmp_path_factory) -> Path:
+    """A solid PNG small enough to be accepted as a drawing file, 676 MB once decoded to RGBA."""
+    from fl_training.drawings import MAX_DRAWING_FILE_BYTES
+
+    path = write_bomb(tmp_path_factory.mktemp("bomb") / "bomb.png")
+    assert path.stat().st_size < MAX_DRAWING_FILE_BYTES
+    return path

@@ -1,29 +1,36 @@
 """CI cannot go green without the browser test.
 
-``.ci/run`` sets ``CI``, under which ``tests/test_ui_browser.py`` fails rather
-than skips when Chromium is missing, and then checks pytest's report: a
-browser test that was skipped, deselected or never collected fails the run.
-``.ci/run`` itself is run here on a scratch copy of the repository whose
-README names a small test command.
+``.ci/run`` sets ``CI``, under which the browser test (``tests/ui/test_browser.py``,
+the file ``.ci/run`` names) fails rather than skips when Chromium is missing,
+and then checks pytest's report: a browser test that was skipped, deselected
+or never collected fails the run. ``.ci/run`` itself is run here on a scratch
+copy of the repository whose README names a small test command.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT
+
+#: The browser test that ``.ci/run`` requires, as ``.ci/run`` names it.
+BROWSER_TEST = re.search(r'require_passed\.py "\$report" (\S+)', (ROOT / ".ci" / "run").read_text()).group(1)
+
+
+def test_ci_requires_the_browser_test_where_it_is():
+    assert (ROOT / BROWSER_TEST).is_file(), f".ci/run requires {BROWSER_TEST}, which does not exist"
 
 
 def test_the_browser_test_fails_instead_of_skipping_under_ci(tmp_path):
     env = {**os.environ, "CHROMIUM_PATH": str(tmp_path / "no-chromium")}
     env.pop("PYTEST_ADDOPTS", None)
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_ui_browser.py"]
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", BROWSER_TEST]
     required = subprocess.run(command, cwd=ROOT, env={**env, "CI": "true"}, capture_output=True, text=True,
                               timeout=300)
     assert required.returncode != 0, required.stdout
@@ -50,15 +57,19 @@ def test_ci_run_fails_unless_the_browser_test_ran_and_passed(tmp_path, browser_t
     shutil.copytree(ROOT / ".ci", repo / ".ci")
     (repo / ".venv").symlink_to(ROOT / ".venv")
     tests = repo / "tests"
-    tests.mkdir()
-    (tests / "__init__.py").write_text("")
+    browser = repo / BROWSER_TEST
+    browser.parent.mkdir(parents=True)
+    package = browser.parent
+    while package != repo:
+        (package / "__init__.py").write_text("")
+        package = package.parent
     (tests / "test_unit.py").write_text("def test_unit():\n    pass\n")
     if browser_test.startswith("passes beside"):
         (tests / "test_other.py").write_text("def test_other():\n    assert False\n")
         (tests / "conftest.py").write_text(
             "def pytest_sessionfinish(session, exitstatus):\n    session.exitstatus = 0\n")
     if BROWSER_TESTS[browser_test] is not None:
-        (tests / "test_ui_browser.py").write_text(BROWSER_TESTS[browser_test])
+        browser.write_text(BROWSER_TESTS[browser_test])
     deselect = ' -m "not browser"' if browser_test == "is deselected" else ""
     (repo / "README.md").write_text(
         "# scratch\n\n<!-- test-command -->\n```bash\n"
@@ -74,7 +85,7 @@ def test_ci_run_fails_unless_the_browser_test_ran_and_passed(tmp_path, browser_t
                          text=True, timeout=300)
     if browser_test == "passes":
         assert run.returncode == 0, run.stderr
-        assert "required tests passed: tests/test_ui_browser.py" in run.stdout
+        assert f"required tests passed: {BROWSER_TEST}" in run.stdout
     elif browser_test.startswith("passes beside"):
         assert run.returncode != 0, "CI went green although a test failed"
         assert "tests.test_other::test_other failed" in run.stderr

@@ -17,8 +17,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 
-from tests.app_fixtures import running_app  # noqa: E402
-from tests.test_ui_browser import CHROMIUM, CHROMIUM_ARGS, PHONE, PROJECTOR, TABS, open_tab, step  # noqa: E402
+from tests.helpers import running_app  # noqa: E402
+from tests.ui.test_browser import CHROMIUM, CHROMIUM_ARGS, PHONE, PROJECTOR, TABS, open_tab, step  # noqa: E402
 
 NAMES = ["1-federated-training", "2-convert-compile", "3-encrypted-inference", "4-encrypted-evaluation",
          "5-about"]

@@ -1,0 +1,449 @@
+"""A person's walk through the demo in a real Chromium (Playwright + Debian's chromium), 1366 and 390 px wide.
+
+At 1366 px (a laptop on a projector) one page trains digits with 3 clients ×
+2 rounds, compiles, runs the four steps of tab 3, the wrong-key demo and an
+encrypted evaluation, checking what is on screen: panels true to the current
+model (a retrain on another dataset leaves no number of the old one, and the
+old downloads are gone), Error badges that leave with the next success, chart
+text large enough for a projector, a reload that resumes the model with new
+keys, and a closed tab whose private key is deleted at once. At 390 px (a
+phone) every tab is one tap away and nothing needs sideways scrolling. Last,
+a visitor trains in the clear, then with secure aggregation, and sees what the
+server received each time and that the model is the same.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ui.figures import DPI, MIN_FONT_PT
+
+#: Debian's Chromium (``$CHROMIUM_PATH`` overrides it).
+CHROMIUM = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--no-first-run", "--disable-sync",
+]
+#: In CI (``.ci/run`` sets ``CI``) this test is required: without Chromium it fails, never skips.
+REQUIRED = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+if REQUIRED and not CHROMIUM.exists():
+    pytest.fail(f"CI requires the browser test, but {CHROMIUM} does not exist: apt-get install -y chromium.",
+                pytrace=False)
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(), reason="needs Debian's chromium: apt-get install -y chromium (required in CI)",
+    ),
+]
+
+PROJECTOR = {"width": 1366, "height": 900}
+PHONE = {"width": 390, "height": 844}
+#: Smallest chart text: readable from the back of a room at 1366 px, readable in the hand at 390 px.
+PROJECTOR_MIN_FONT_PX = 14
+PHONE_MIN_FONT_PX = 9.5
+TABS = ["1 · Federated training", "2 · Convert & compile", "3 · Encrypted inference",
+        "4 · Encrypted evaluation", "5 · Classroom", "6 · About"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def desktop(browser, launched_app):
+    """One visitor's page at 1366 px, shared by the tests below in their order (they continue its story)."""
+    context = browser.new_context(viewport=PROJECTOR)
+    page = context.new_page()
+    page.goto(launched_app.url)
+    yield page
+    context.close()
+
+
+# -- helpers ---------------------------------------------------------------------
+
+
+def set_number(page, label: str, value: int) -> None:
+    box = page.get_by_label(f"number input for {label}")
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def open_tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name).click()
+    page.wait_for_timeout(300)
+
+
+def train(page, dataset: str, clients: int = 3, rounds: int = 2) -> None:
+    from playwright.sync_api import expect
+
+    open_tab(page, TABS[0])
+    page.get_by_label("Dataset").click()
+    page.get_by_role("option", name=dataset, exact=True).click()
+    set_number(page, "Clients", clients)
+    set_number(page, "Rounds", rounds)
+    expect(page.get_by_text(f"{clients} clients hold")).to_be_visible(timeout=30_000)
+    page.get_by_role("button", name="Start federated training").click()
+    # The status line names the new model once the training has replaced the old one.
+    trained = re.compile(rf"✓ model · ○ compiled .*federated model on {re.escape(dataset)}")
+    expect(page.get_by_text(trained)).to_be_visible(timeout=180_000)
+    expect(page.get_by_text(re.compile(rf"Done: {rounds} rounds with {clients} clients"))).to_be_visible()
+
+
+def compile_model(page) -> None:
+    from playwright.sync_api import expect
+
+    open_tab(page, TABS[1])
+    page.get_by_role("button", name="Compile", exact=True).click()
+    expect(page.get_by_text(re.compile(r"Compiled in \d+\.\d+ s"))).to_be_visible(timeout=120_000)
+
+
+def step(page, button: str, done: str) -> None:
+    from playwright.sync_api import expect
+
+    page.get_by_role("button", name=button).click()
+    expect(page.get_by_text(re.compile(done)).first).to_be_visible(timeout=60_000)
+
+
+def error_badges(page) -> int:
+    """Visible "Error" badges that Gradio puts on a failed event's outputs."""
+    return sum(b.is_visible() for b in page.locator("[data-testid='status-tracker'] .error").all())
+
+
+def chart_fonts_px(page) -> list[float]:
+    """The smallest text of each visible chart, in CSS pixels, as shown (ui.figures: MIN_FONT_PT at DPI)."""
+    scales = page.evaluate("""() => Array.from(document.querySelectorAll('[data-testid="matplotlib"] img'))
+        .filter(img => img.offsetParent !== null && img.naturalWidth > 0)
+        .map(img => img.getBoundingClientRect().width / img.naturalWidth)""")
+    return [MIN_FONT_PT * DPI / 72 * scale for scale in scales]
+
+
+def overflowing(page) -> list[str]:
+    """Visible elements wider than their box: tables and their scroll boxes, the pictures of tabs 3 and 5."""
+    return page.evaluate("""() => {
+        const out = [];
+        const check = (el, what) => {
+            if (el.offsetParent === null) return;
+            if (el.scrollWidth > el.clientWidth + 1) {
+                out.push(`${what}: ${el.scrollWidth} > ${el.clientWidth}`);
+            }
+        };
+        document.querySelectorAll('.virtual-table-viewport, .table-wrap')
+            .forEach(el => check(el, 'data table'));
+        document.querySelectorAll('.prose').forEach(el => check(el, 'text ' + el.innerText.slice(0, 30)));
+        document.querySelectorAll('#holdings, .pipeline-diagram').forEach(el => check(el, 'diagram'));
+        const doc = document.documentElement;
+        if (doc.scrollWidth > window.innerWidth) out.push(`page: ${doc.scrollWidth} > ${window.innerWidth}`);
+        return out;
+    }""")
+
+
+def held(page, side: str) -> list[str]:
+    """What tab 3's picture shows as held by the client or the server."""
+    return page.locator(f"#holdings section.{side} li.held").all_inner_texts()
+
+
+# -- the walk at 1366 px ----------------------------------------------------------
+
+
+def test_empty_tables_show_their_column_names(desktop):
+    from playwright.sync_api import expect
+
+    open_tab(desktop, TABS[1])
+    expect(desktop.get_by_role("columnheader", name="accuracy").first).to_be_visible(timeout=30_000)
+    for tab in TABS[1:4]:
+        open_tab(desktop, tab)
+        headers = [h for h in desktop.get_by_role("columnheader").all() if h.is_visible()]
+        assert not any(re.fullmatch(r"\d+", h.inner_text().strip()) for h in headers), tab
+
+
+def test_a_visitor_trains_compiles_and_runs_the_four_steps(desktop, launched_app):
+    from playwright.sync_api import expect
+
+    page = desktop
+    train(page, "digits")
+    expect(page.get_by_text("Centrally trained baseline")).to_be_visible()
+    expect(page.get_by_text(re.compile(r"Difference: [+-]\d+\.\d points"))).to_be_visible()
+    expect(page.get_by_role("row", name=re.compile(r"federated_model\.skops"))).to_be_visible()
+    compile_model(page)
+    expect(page.get_by_text("compiled circuit, FHE-simulated")).to_be_visible()
+    expect(page.get_by_text("client.zip", exact=True).first).to_be_visible()
+
+    open_tab(page, TABS[2])
+    expect(page.get_by_text(re.compile(r"Test sample #0 of 360"))).to_be_visible(timeout=30_000)
+    assert not held(page, "server")
+    assert "client.zip (quantizers, crypto parameters)" in " ".join(held(page, "client"))
+    # A step out of order explains itself; its Error badge leaves with the next success.
+    page.get_by_role("button", name="② Encrypt the input").click()
+    refusal = page.get_by_text("No keys yet: run step ① Key generation first.").first
+    expect(refusal).to_be_visible(timeout=30_000)
+    expect(page.locator("[data-testid='status-tracker'] .error").first).to_be_visible()
+    step(page, "① Generate keys", r"Keys ready in \d+\.\d+ s")
+    expect(page.locator("[data-testid='status-tracker'] .error")).to_have_count(0, timeout=10_000)
+    # The time shown is the whole step, its parts named; sizes in KB with the exact bytes.
+    parts = re.compile(r"generating the keys \d+\.\d+ s, sending the evaluation keys")
+    expect(page.get_by_text(parts)).to_be_visible()
+    expect(page.get_by_role("cell", name=re.compile(r"^\d+\.\d KB \([\d,]+ bytes\)$"))).to_be_visible()
+    expect(page.get_by_role("cell", name=re.compile(r"^\d+ bytes$"))).to_be_visible()
+    assert any("private key" in item for item in held(page, "client"))
+    assert any("evaluation keys" in item for item in held(page, "server"))
+
+    step(page, "② Encrypt the input", r"Encrypted test sample #0 \(true label \d\)")
+    assert any("your input, in clear" in item for item in held(page, "client"))
+    assert not any("encrypted input" in item for item in held(page, "server"))
+    step(page, "③ Run on the FHE server", r"The server computed the prediction on encrypted data")
+    expect(page.get_by_text("never sent").first).to_be_visible()
+    assert any("the encrypted input" in item for item in held(page, "server"))
+    assert not any("private key" in item for item in held(page, "server"))
+    step(page, "④ Decrypt the result", r"Prediction: \d")
+    expect(page.get_by_role("heading", name=re.compile(r"Prediction: \d"))).to_be_visible()
+    expect(page.get_by_text("identical")).to_be_visible()
+    all_done = "✓ model · ✓ compiled · ✓ keys · ✓ encrypted · ✓ server ran · ✓ decrypted"
+    expect(page.get_by_text(all_done)).to_be_visible()
+
+
+def test_wrong_keys_yield_random_numbers_and_chance_level_answers(desktop):
+    from playwright.sync_api import expect
+
+    page = desktop
+    page.get_by_text("What does someone with the wrong key get?").click()
+    page.get_by_role("button", name="Decrypt with freshly generated (wrong) keys").click()
+    summary = page.get_by_text(re.compile(r"Over 20 test samples"))
+    expect(summary).to_be_visible(timeout=120_000)
+    expect(page.get_by_text(re.compile(r"random integers \(-?[\d,]+ instead of -?[\d,]+"))).to_be_visible()
+    text = summary.inner_text()
+    wrong = int(re.search(r"wrong key: (\d+) right", text).group(1))
+    private = int(re.search(r"With the private key: (\d+) right", text).group(1))
+    assert "a blind guess gets 10%" in text
+    # 20 samples, 10 classes: a blind guess gets 2 right; 8 or more happens less than once in 10,000 runs.
+    assert wrong < 8 and private >= 14, text
+
+
+def test_charts_read_from_the_back_of_a_room(desktop):
+    from playwright.sync_api import expect
+
+    page = desktop
+    sizes = chart_fonts_px(page)  # tab 3: the probabilities and the wrong keys
+    open_tab(page, TABS[1])
+    page.get_by_role("button", name="Run the n_bits sweep").click()
+    expect(page.locator("[data-testid='matplotlib'] img:visible").first).to_be_visible(timeout=180_000)
+    sizes += chart_fonts_px(page)
+    open_tab(page, TABS[0])
+    page.get_by_text("Differential privacy: accuracy against ε").click()
+    page.wait_for_timeout(500)
+    sizes += chart_fonts_px(page)  # label distribution, rounds, DP trade-off
+    print(f"smallest chart text at 1366 px: {min(sizes):.1f} px over {len(sizes)} charts")
+    assert len(sizes) >= 6 and min(sizes) >= PROJECTOR_MIN_FONT_PX, sizes
+
+
+def test_the_evaluation_shows_progress_and_the_running_accuracy(desktop):
+    from playwright.sync_api import expect
+
+    page = desktop
+    open_tab(page, TABS[3])
+    expect(page.get_by_text("Test samples (at most 360)")).to_be_visible()
+    assert page.get_by_role("slider").last.get_attribute("max") == "360"
+    intro = page.get_by_text(re.compile(r"Expect about \d+\.\d%")).inner_text()
+    assert "digits" in intro and "MNIST" not in intro and "Needs steps" not in intro
+    set_number(page, "Test samples (at most 360)", 40)
+    page.get_by_role("button", name="Evaluate on encrypted data").click()
+    expect(page.get_by_text(re.compile(r"\d+ / 40\b.*So far: encrypted accuracy \d+\.\d%"))).to_be_visible(
+        timeout=60_000)
+    done = page.get_by_text(re.compile(r"on the first 40 of the 360 test samples"))
+    expect(done).to_be_visible(timeout=120_000)
+    expect(page.get_by_role("columnheader", name="measure")).to_be_visible()
+
+
+def test_a_retrain_leaves_no_trace_of_the_old_model(desktop, launched_app):
+    from playwright.sync_api import expect
+
+    page = desktop
+    open_tab(page, TABS[0])
+    old_model = page.locator("#model-file a[href]").first.get_attribute("href")
+    open_tab(page, TABS[1])
+    old_zip = page.locator("#client-zip a[href]").first.get_attribute("href")
+    old_numbers = re.findall(r"\d+\.\d\d%", page.locator("#accuracy-table").inner_text())
+    open_tab(page, TABS[2])
+    old_texts = [page.get_by_role("heading", name=re.compile(r"Prediction: \d")).inner_text(),
+                 page.locator("code", has_text="…").first.inner_text()]
+    open_tab(page, TABS[3])
+    old_texts.append(page.get_by_text(re.compile(r"Encrypted accuracy")).first.inner_text())
+    assert old_zip and old_numbers and httpx.get(httpx.URL(launched_app.url).join(old_zip)).status_code == 200
+    assert old_model and httpx.get(httpx.URL(launched_app.url).join(old_model)).status_code == 200
+
+    train(page, "mnist-5k")
+    open_tab(page, TABS[1])
+    expect(page.get_by_text("Your model is ready: press Compile.")).to_be_visible(timeout=30_000)
+    for tab in TABS[1:4]:
+        open_tab(page, tab)
+        shown = page.locator("main, body").first.inner_text()
+        for old in old_numbers + old_texts:
+            assert old not in shown, f"{tab} still shows {old!r} of the old model"
+    open_tab(page, TABS[2])
+    expect(page.get_by_text(re.compile(r"Test sample #0 of 1000"))).to_be_visible(timeout=30_000)
+    assert not held(page, "server")
+    # The old model's deployment files are no longer served (Gradio refuses files it does not hold).
+    assert httpx.get(httpx.URL(launched_app.url).join(old_zip)).status_code in (403, 404)
+    # Nor is the old model's download in tab 1; the new model's is.
+    open_tab(page, TABS[0])
+    new_model = page.locator("#model-file a[href]").first.get_attribute("href")
+    assert new_model != old_model
+    assert httpx.get(httpx.URL(launched_app.url).join(old_model)).status_code in (403, 404)
+    assert httpx.get(httpx.URL(launched_app.url).join(new_model)).status_code == 200
+
+
+def test_a_failed_upload_marks_its_own_panel_until_the_next_success(desktop, tmp_path):
+    from playwright.sync_api import expect
+
+    page = desktop
+    open_tab(page, TABS[0])
+    page.get_by_text("…or convert an existing scikit-learn model").click()
+    bad = tmp_path / "model.skops"
+    bad.write_bytes(b"not a model")
+    upload = page.locator(".block", has_text="Model file (.skops").locator("input[type=file]")
+    upload.set_input_files(str(bad))
+    page.get_by_role("button", name="Use this model").click()
+    expect(page.locator("[data-testid='status-tracker'] .error").first).to_be_visible(timeout=30_000)
+    assert error_badges(page) == 1  # on the upload's message only: not the status line, not the download
+    expect(page.get_by_role("row", name=re.compile(r"federated_model\.skops"))).to_be_visible()
+    compile_model(page)
+    expect(page.locator("[data-testid='status-tracker'] .error")).to_have_count(0, timeout=10_000)
+    open_tab(page, TABS[0])
+    assert error_badges(page) == 0
+
+
+def test_a_reload_resumes_the_model_and_deployment_with_a_new_private_key(desktop, launched_app):
+    from playwright.sync_api import expect
+
+    page = desktop
+    registry = launched_app.registry
+    open_tab(page, TABS[2])
+    step(page, "① Generate keys", r"Keys ready in")
+    session = next(s for s in registry._sessions.values() if s.keys is not None)
+    old_key_dir = session.keys.key_dir
+    page.reload()
+    resumed = page.get_by_text(re.compile(r"Resumed your model .* a new private key"))
+    expect(resumed).to_be_visible(timeout=60_000)
+    status = re.compile(r"✓ model · ✓ compiled · ✓ keys · ○ encrypted .*mnist-5k")
+    expect(page.get_by_text(status)).to_be_visible()
+    open_tab(page, TABS[1])
+    expect(page.get_by_text("Your compiled model from before the page reload")).to_be_visible(timeout=30_000)
+    open_tab(page, TABS[2])
+    expect(page.get_by_text(re.compile(r"New keys for this page: it was reloaded"))).to_be_visible()
+    deadline = time.monotonic() + 30
+    while old_key_dir.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not old_key_dir.exists(), "the previous page's private key outlived it"
+    # The browser keeps one opaque value (Gradio stores it encrypted), and nothing else of the session.
+    stored = page.evaluate("() => Object.fromEntries(Object.entries(localStorage))")
+    assert set(stored) == {"fl-fhe-demo-page"}, sorted(stored)  # no run history of inputs and outputs
+    assert len(stored["fl-fhe-demo-page"]) < 200
+    step(page, "② Encrypt the input", r"Encrypted test sample")
+    step(page, "③ Run on the FHE server", r"The server computed")
+    step(page, "④ Decrypt the result", r"Prediction: \d")
+
+
+def test_closing_the_tab_deletes_the_private_key_at_once(desktop, launched_app):
+    registry = launched_app.registry
+    sessions = [s for s in registry._sessions.values() if s.keys is not None]
+    assert len(sessions) == 1
+    session, key_dir = sessions[0], sessions[0].keys.key_dir
+    assert key_dir.is_dir()
+    desktop.close()
+    deadline = time.monotonic() + 30
+    while key_dir.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not key_dir.exists()
+    # The model and deployment wait for a reload for a while (story.resume), without any key.
+    assert registry.resumptions.holds(session) and session.keys is None
+
+
+# -- a phone ----------------------------------------------------------------------
+
+
+def test_on_a_phone_every_tab_is_one_tap_away_and_nothing_scrolls_sideways(browser, launched_app):
+    from playwright.sync_api import expect
+
+    context = browser.new_context(viewport=PHONE, is_mobile=True, has_touch=True)
+    page = context.new_page()
+    try:
+        page.goto(launched_app.url)
+        for name in TABS:
+            expect(page.get_by_role("tab", name=name)).to_be_visible(timeout=30_000)
+        assert not page.locator(".overflow-menu button").first.is_visible()
+        train(page, "digits")  # shared with the run above: reused at once
+        compile_model(page)
+        open_tab(page, TABS[2])
+        steps = [("① Generate keys", r"Keys ready in"), ("② Encrypt the input", r"Encrypted test"),
+                 ("③ Run on the FHE server", r"The server computed"),
+                 ("④ Decrypt the result", r"Prediction: \d")]
+        for button, done in steps:
+            step(page, button, done)
+        open_tab(page, TABS[3])
+        set_number(page, "Test samples (at most 360)", 10)
+        page.get_by_role("button", name="Evaluate on encrypted data").click()
+        expect(page.get_by_text(re.compile(r"on the first 10 of the 360"))).to_be_visible(timeout=120_000)
+        problems, sizes = {}, []
+        for name in TABS:
+            open_tab(page, name)
+            page.wait_for_timeout(500)
+            problems[name] = overflowing(page)
+            sizes += chart_fonts_px(page)
+        assert not any(problems.values()), problems
+        print(f"smallest chart text at 390 px: {min(sizes):.1f} px over {len(sizes)} charts")
+        assert sizes and min(sizes) >= PHONE_MIN_FONT_PX, sizes
+    finally:
+        context.close()
+
+
+# -- what the server receives (secure aggregation) ---------------------------------
+
+
+def test_a_visitor_sees_clear_updates_then_masked_ones(browser, launched_app):
+    from playwright.sync_api import expect
+
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    page.goto(launched_app.url)
+    page.get_by_label("Dataset").click()
+    page.get_by_role("option", name="digits").click()
+    set_number(page, "Clients", 3)
+    set_number(page, "Rounds", 2)
+    expect(page.get_by_text("3 clients hold")).to_be_visible(timeout=30_000)
+    page.get_by_text("What the server receives from a client (secure aggregation)").click()
+    panel_note = page.get_by_text("No training yet.")
+    expect(panel_note).to_be_visible()
+
+    page.get_by_role("button", name="Start federated training").click()
+    expect(page.get_by_text(re.compile(r"Done: 2 rounds with 3 clients"))).to_be_visible(timeout=120_000)
+    clear = page.get_by_text(
+        re.compile(r"Without secure aggregation: round 1, resemblance .* (0\.[6-9]\d|1\.00)")
+    )
+    expect(clear).to_be_visible(timeout=30_000)
+    expect(page.get_by_text("Train again with secure aggregation, same settings, to compare.")).to_be_visible(
+        timeout=10_000
+    )
+
+    page.get_by_label("Secure aggregation (SecAgg+): the server only sees the sum of the updates").check()
+    page.get_by_role("button", name="Start federated training").click()
+    expect(page.get_by_text(re.compile(r"Same model either way"))).to_be_visible(timeout=120_000)
+    masked = page.get_by_text(re.compile(r"With secure aggregation: round 1, resemblance .* -?0\.[0-2]\d "
+                                         r"\(it shows noise\)"))
+    expect(masked).to_be_visible()
+    # Both pictures are drawn: the clear update and the masked one.
+    expect(page.locator("#server-view-clear img")).to_be_visible()
+    expect(page.locator("#server-view-masked img")).to_be_visible()
+    page.close()

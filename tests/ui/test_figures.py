@@ -1,0 +1,46 @@
+"""Every chart keeps its text at least ui.figures.MIN_FONT_PT (the browser test measures it on screen)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ui import figures
+from ui.dp_panel import tradeoff
+
+NAMES = [str(i) for i in range(10)]
+ROUNDS = [{"round": r, "accuracy": 0.1 + 0.2 * r, "loss": 2.3 - 0.5 * r,
+           "client_accuracy": None if r == 0 else 0.8} for r in range(4)]
+WRONG_KEYS = {"real_probabilities": [0.05] * 9 + [0.55], "probabilities": [0.0] * 3 + [1.0] + [0.0] * 6,
+              "samples": 20, "private_key_right": 17, "wrong_key_right": 2, "chance": 0.1}
+SWEEP = [{"n_bits": b, "accuracy_clear": 0.9, "accuracy_fhe_simulated": 0.85, "max_bit_width": 10 + b}
+         for b in (2, 4, 8)]
+CHARTS = {
+    "labels": lambda: figures.label_distribution_figure(np.full((5, 10), 80), NAMES),
+    "rounds": lambda: figures.training_figure(ROUNDS, 3, 0.91),
+    "probabilities": lambda: figures.probabilities_figure([0.1] * 10, NAMES, [0.1] * 10),
+    "wrong keys": lambda: figures.wrong_key_figure(WRONG_KEYS, NAMES),
+    "n_bits": lambda: figures.n_bits_figure(SWEEP),
+    "DP": lambda: figures.dp_tradeoff_figure(tradeoff()["points"], tradeoff()["no_dp_accuracy"], 1.5),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CHARTS))
+def test_no_chart_text_is_smaller_than_the_projector_minimum(name):
+    fig = CHARTS[name]()
+    assert fig.get_figwidth() == figures.FIGURE_WIDTH_INCHES
+    assert figures.min_font_pt(fig) >= figures.MIN_FONT_PT
+    # At the widest the page shows a chart, its smallest text is at least 14 CSS px (projector at 1366 px).
+    rendered_fraction = figures.MAX_DISPLAY_PX / (figures.FIGURE_WIDTH_INCHES * figures.DPI)
+    assert figures.MIN_FONT_PT * figures.DPI / 72 * rendered_fraction >= 14
+
+
+def test_the_shipped_dp_trade_off_covers_the_default_noise():
+    from fl_training.config import TrainingConfig
+
+    data = tradeoff()
+    noises = [p["noise_multiplier"] for p in data["points"]]
+    assert TrainingConfig().noise_multiplier in noises
+    assert all(p["clipping_norm"] == TrainingConfig().clipping_norm for p in data["points"])
+    epsilons = [p["epsilon"] for p in sorted(data["points"], key=lambda p: p["noise_multiplier"])]
+    assert epsilons == sorted(epsilons, reverse=True)  # more noise, smaller ε
