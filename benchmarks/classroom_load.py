@@ -46,8 +46,13 @@ def _sketch(path: Path) -> dict[str, Any]:
     return {"background": None, "layers": [], "composite": handle_file(str(path))}
 
 
-def run(url: str, participants: int, per_participant: int, rounds: int, verbose: bool = False) -> dict:
-    """The whole class; returns the report (errors and figures)."""
+def run(url: str, participants: int, per_participant: int, rounds: int, verbose: bool = False,
+        think_seconds: float = 0.0) -> dict:
+    """The whole class; returns the report (errors and figures).
+
+    ``think_seconds``: each participant waits this long (± 50 %, at random) before each drawing,
+    the time a person takes to draw a digit; 0 sends every drawing back to back.
+    """
     folder = Path(tempfile.mkdtemp(prefix="classroom-load-"))
     hands = writers(participants, seed=7)
     people = [Participant(k) for k in range(participants)]
@@ -69,6 +74,8 @@ def run(url: str, participants: int, per_participant: int, rounds: int, verbose:
             p.client.predict(class_code=code, nickname=f"p{p.index:02d}", api_name="/class_join")
             p.step = "add drawing"
             for i, label in enumerate(labels):
+                if think_seconds:
+                    time.sleep(think_seconds * rng.uniform(0.5, 1.5))
                 t = time.perf_counter()
                 p.client.predict(drawing=_sketch(folder / f"{p.index}-{i}.png"), label=label,
                                  api_name="/class_add_drawing")
@@ -115,6 +122,7 @@ def run(url: str, participants: int, per_participant: int, rounds: int, verbose:
     done = [p.done_at for p in people if p.done_at is not None]
     return {
         "participants": participants,
+        "think_seconds": think_seconds,
         "drawings": status["drawings"],
         "errors": [f"p{p.index:02d} at {p.step}: {p.error}" for p in people if p.error],
         "other_sessions_answers": sum(1 for p in people if p.prediction is not None

@@ -251,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
                              "(benchmarks/classroom_load.py)")
     parser.add_argument("--drawings", type=int, default=20, help="with --classroom: drawings per participant")
     parser.add_argument("--rounds", type=int, default=5, help="with --classroom: the class run's rounds")
+    parser.add_argument("--think", type=float, default=0.0,
+                        help="with --classroom: seconds a participant takes to draw a digit (0: none)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--verbose", action="store_true", help="print tracebacks of failed sessions")
     args = parser.parse_args(argv)
@@ -259,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         from classroom_load import run as run_class
 
         url = args.url if args.url.endswith("/") else args.url + "/"
-        report = run_class(url, args.classroom, args.drawings, args.rounds, args.verbose)
+        report = run_class(url, args.classroom, args.drawings, args.rounds, args.verbose, args.think)
         print(json.dumps(report, indent=None if args.json else 2))
         return 1 if report["errors"] or report["other_sessions_answers"] else 0
     if args.sessions < 1:

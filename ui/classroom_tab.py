@@ -2,21 +2,32 @@
 
 from __future__ import annotations
 
-import base64
 from dataclasses import dataclass
+from html import escape
 from typing import Any
 
 import gradio as gr
+import numpy as np
 import pandas as pd
 import segno
 
 from story import DemoSession
 from story.forms import DEFAULT_CLASS_ROUNDS, class_rounds_bounds
-from ui.common import LIGHT, TRAINING, DemoContext, lenient, pipeline_status
+from ui import figures
+from ui.common import CLASS_DRAWINGS, LIGHT, TRAINING, DemoContext, lenient, pipeline_status
 from ui.errors import user_errors
 from ui.files import serve_file
 from ui.inference_tab import BRUSH_PX, SKETCH_SIZE
 
+#: Selects the class sketchpad's brush (after joining, and after each drawing clears the canvas).
+SELECT_BRUSH_JS = """() => {
+  setTimeout(() => {
+    const sketch = document.querySelector("#class-sketch");
+    const brush = sketch && sketch.querySelector("button[aria-label='Brush'], button[title='Brush']");
+    if (brush) brush.click();
+  }, 400);
+  return [];
+}"""
 #: How often the teacher's console refreshes (seconds): live on a projector, cheap for the app.
 CONSOLE_REFRESH_SECONDS = 3.0
 
@@ -37,7 +48,7 @@ class Teacher:
     code_html: gr.HTML
     teacher_key: gr.Textbox
     people: gr.Dataframe
-    labels: gr.BarPlot
+    labels: gr.Plot
     rounds: gr.Slider
     secure_aggregation: gr.Checkbox
     differential_privacy: gr.Checkbox
@@ -79,12 +90,11 @@ def join_url(request: gr.Request | None, join_path: str) -> str:
 
 def code_html(code: str, url: str) -> str:
     """The code in letters a back row can read, the QR code of the join link, and the link."""
-    qr = segno.make(url, error="m")
-    data = base64.b64encode(qr.svg_inline(scale=6, dark="#111", light="#fff").encode()).decode()
+    qr = segno.make(url, error="m").svg_data_uri(scale=6, dark="#111", light="#fff")
     return (
         f"<div class='class-code'><div><div class='class-code-label'>Join code</div>"
-        f"<div class='class-code-value'>{code}</div><div class='class-code-url'>{url}</div></div>"
-        f"<img alt='QR code of the join link' src='data:image/svg+xml;base64,{data}'></div>"
+        f"<div class='class-code-value'>{escape(code)}</div><div class='class-code-url'>{escape(url)}</div>"
+        f"</div><img alt='QR code of the join link' src='{qr}'></div>"
     )
 
 
@@ -94,8 +104,12 @@ def people_table(status: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["participant", "drawings", "per digit 0–9"])
 
 
-def label_frame(per_label: list[int]) -> pd.DataFrame:
-    return pd.DataFrame({"digit": [str(d) for d in range(len(per_label))], "drawings": per_label})
+def labels_figure(status: dict[str, Any]) -> Any:
+    """The room's label distribution, one stacked bar per participant (None before anyone joined)."""
+    rows = [p["per_label"] for p in status.get("per_participant", [])]
+    if not rows:
+        return None
+    return figures.label_distribution_figure(np.array(rows), [str(d) for d in range(len(rows[0]))])
 
 
 def rounds_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
@@ -181,8 +195,7 @@ def _teacher_panel() -> Teacher:
     with gr.Row():
         people = gr.Dataframe(headers=["participant", "drawings", "per digit 0–9"], label="Who has joined",
                               interactive=False, max_height=320)
-        labels = gr.BarPlot(label_frame([0] * 10), x="digit", y="drawings", title="The room's drawings",
-                            height=260)
+        labels = gr.Plot(label="The room's drawings per digit and participant", format="png")
     gr.Markdown(SERVER_VIEW)
     with gr.Row():
         rounds = lenient(gr.Slider(*class_rounds_bounds(), value=DEFAULT_CLASS_ROUNDS, step=1,
@@ -218,7 +231,8 @@ def _wire_participant(ctx: DemoContext, p: Participant) -> None:
 
     p.join_button.click(class_join, [p.code, p.nickname, ctx.state],
                         [p.result_json, p.joined_md, p.prompt_md, p.label, p.counts, ctx.state],
-                        api_name="class_join", **LIGHT)
+                        api_name="class_join", show_progress="hidden", **LIGHT
+                        ).success(None, None, None, js=SELECT_BRUSH_JS)
 
     @user_errors
     def class_add_drawing(drawing: Any = None, label: int = 0, state: DemoSession | None = None,
@@ -231,7 +245,8 @@ def _wire_participant(ctx: DemoContext, p: Participant) -> None:
 
     p.add_button.click(class_add_drawing, [p.sketch, p.label, ctx.state],
                        [p.result_json, p.prompt_md, p.label, p.counts, p.sketch, ctx.state],
-                       api_name="class_add_drawing", **LIGHT)
+                       api_name="class_add_drawing", show_progress="hidden", **CLASS_DRAWINGS
+                       ).success(None, None, None, js=SELECT_BRUSH_JS)
 
     @user_errors
     def class_delete_drawings(state: DemoSession | None = None, request: gr.Request = None):
@@ -242,7 +257,7 @@ def _wire_participant(ctx: DemoContext, p: Participant) -> None:
 
     p.delete_button.click(class_delete_drawings, [ctx.state],
                           [p.result_json, p.joined_md, p.counts, p.prompt_md, p.label, ctx.state],
-                          api_name="class_delete_drawings", **LIGHT)
+                          api_name="class_delete_drawings", show_progress="hidden", **LIGHT)
 
     @user_errors
     def class_leave(state: DemoSession | None = None, request: gr.Request = None):
@@ -253,7 +268,7 @@ def _wire_participant(ctx: DemoContext, p: Participant) -> None:
 
     p.leave_button.click(class_leave, [ctx.state],
                          [p.result_json, p.joined_md, p.counts, p.prompt_md, ctx.state],
-                         api_name="class_leave", **LIGHT)
+                         api_name="class_leave", show_progress="hidden", **LIGHT)
 
     @user_errors
     def class_export_drawings(state: DemoSession | None = None, request: gr.Request = None):
@@ -263,7 +278,7 @@ def _wire_participant(ctx: DemoContext, p: Participant) -> None:
         return gr.update(value=serve_file(session, path), visible=True), session
 
     p.export_button.click(class_export_drawings, [ctx.state], [p.export_file, ctx.state],
-                          api_name="class_export_drawings", **LIGHT)
+                          api_name="class_export_drawings", show_progress="hidden", **LIGHT)
 
     @user_errors
     def class_use_model(state: DemoSession | None = None, request: gr.Request = None):
@@ -275,7 +290,7 @@ def _wire_participant(ctx: DemoContext, p: Participant) -> None:
         return summary, text, pipeline_status(session), session
 
     p.use_button.click(class_use_model, [ctx.state], [p.result_json, p.compare_md, ctx.pipeline, ctx.state],
-                       api_name="class_use_model", **LIGHT)
+                       api_name="class_use_model", show_progress="hidden", **LIGHT)
 
     @user_errors
     def class_compare(drawing: Any = None, state: DemoSession | None = None, request: gr.Request = None):
@@ -287,7 +302,7 @@ def _wire_participant(ctx: DemoContext, p: Participant) -> None:
         return read, text, session
 
     p.compare_button.click(class_compare, [p.sketch, ctx.state], [p.result_json, p.compare_md, ctx.state],
-                           api_name="class_compare", **LIGHT)
+                           api_name="class_compare", show_progress="hidden", **LIGHT)
 
     def code_from_link(request: gr.Request):
         params = getattr(request, "query_params", {}) or {}
@@ -308,8 +323,9 @@ def _wire_teacher(ctx: DemoContext, t: Teacher) -> None:
         return (opened, code_html(opened["class_code"], url), opened["teacher_key"], gr.Timer(active=True),
                 session)
 
-    t.open_button.click(class_open, [t.title, ctx.state], [t.status_json, t.code_html, t.teacher_key, t.timer,
-                                                            ctx.state], api_name="class_open", **LIGHT)
+    t.open_button.click(class_open, [t.title, ctx.state],
+                        [t.status_json, t.code_html, t.teacher_key, t.timer, ctx.state],
+                        api_name="class_open", show_progress="hidden", **LIGHT)
 
     @user_errors
     def class_status(teacher_key: str = "", state: DemoSession | None = None, request: gr.Request = None):
@@ -317,7 +333,7 @@ def _wire_teacher(ctx: DemoContext, t: Teacher) -> None:
         session = ctx.session(state, request)
         status = session.class_status(teacher_key)
         rows = status.get("rounds") or []
-        return (status, people_table(status), label_frame(status["per_label"]),
+        return (status, people_table(status), labels_figure(status),
                 rounds_table(rows) if rows else gr.skip(), session)
 
     t.timer.tick(class_status, [t.teacher_key, ctx.state],

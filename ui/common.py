@@ -24,6 +24,9 @@ COMPILE = {"concurrency_limit": 1, "concurrency_id": "compile"}
 HEAVY = {"concurrency_limit": 1, "concurrency_id": "heavy"}
 #: The four steps take milliseconds to a second; a few may run at once.
 LIGHT = {"concurrency_limit": 4, "concurrency_id": "light"}
+#: A class's drawings: each takes a fraction of a second, and a room adds them all lesson long;
+#: a queue of their own keeps them from waiting behind key generation or encryption.
+CLASS_DRAWINGS = {"concurrency_limit": 4, "concurrency_id": "class-drawings"}
 #: Redrawing panels from the session (no computation): never waits behind a step.
 REFRESH = {"concurrency_limit": 8, "concurrency_id": "refresh", "show_progress": "hidden",
            "api_visibility": "private"}

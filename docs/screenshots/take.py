@@ -21,7 +21,7 @@ from tests.helpers import running_app  # noqa: E402
 from tests.ui.test_browser import CHROMIUM, CHROMIUM_ARGS, PHONE, PROJECTOR, TABS, open_tab, step  # noqa: E402
 
 NAMES = ["1-federated-training", "2-convert-compile", "3-encrypted-inference", "4-encrypted-evaluation",
-         "5-about"]
+         "5-classroom-console", "6-about"]
 
 
 def walk(page, prefix: str = "") -> None:
@@ -74,25 +74,85 @@ def walk(page, prefix: str = "") -> None:
     page.get_by_role("button", name="Evaluate on encrypted data").click()
     expect(page.get_by_text(re.compile(r"on the first \d+ of the"))).to_be_visible(timeout=300_000)
     shot(NAMES[3])
-    open_tab(page, TABS[4])
-    shot(NAMES[4])
+    open_tab(page, TABS[5])
+    shot(NAMES[5])
 
 
-def main() -> None:
+def draw_stroke(page, canvas_selector: str) -> None:
+    """A "7": two mouse strokes across the sketchpad."""
+    canvas = page.locator(f"{canvas_selector} canvas").first
+    canvas.scroll_into_view_if_needed()
+    box = canvas.bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.28, box["y"] + box["height"] * 0.22)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.72, box["y"] + box["height"] * 0.22, steps=12)
+    page.mouse.move(box["x"] + box["width"] * 0.42, box["y"] + box["height"] * 0.82, steps=18)
+    page.mouse.up()
+
+
+def classroom(browser, url: str) -> None:
+    """The teacher's console on a projector (1366 px), a participant's page on a phone (390 px)."""
+    from gradio_client import Client, handle_file
+    from PIL import Image
+    from playwright.sync_api import expect
+
+    sys.path.insert(0, str(HERE.parents[1] / "benchmarks"))
+    from class_drawings import drawings, writers
+
+    teacher = browser.new_context(viewport=PROJECTOR).new_page()
+    teacher.goto(url)
+    teacher.wait_for_timeout(2000)
+    open_tab(teacher, TABS[4])
+    teacher.get_by_text("Teacher: open a class and train the class model").click()
+    teacher.get_by_label("Class title").fill("Room 101")
+    teacher.get_by_role("button", name="Open a class", exact=True).click()
+    code = teacher.locator(".class-code-value").inner_text(timeout=30_000).strip()
+    for k, hand in enumerate(writers(3, seed=3)):  # three participants who joined from their phones
+        client = Client(url, verbose=False)
+        client.predict(class_code=code, nickname=["ada", "bo", "chen"][k], api_name="/class_join")
+        for i, image in enumerate(drawings(hand, list(range(10)), seed=k)):
+            path = HERE / f".sketch-{k}-{i}.png"
+            Image.fromarray(image).save(path)
+            client.predict(drawing={"background": None, "layers": [], "composite": handle_file(str(path))},
+                           label=i, api_name="/class_add_drawing")
+            path.unlink()
+    phone = browser.new_context(viewport=PHONE).new_page()
+    phone.goto(f"{url}?class={code}")
+    phone.wait_for_timeout(2000)
+    open_tab(phone, TABS[4])
+    phone.get_by_label("Nickname").fill("maya")
+    phone.get_by_role("button", name="Join", exact=True).click()
+    expect(phone.get_by_text("You are maya")).to_be_visible(timeout=30_000)
+    for drawn in (1, 2):
+        phone.wait_for_timeout(1500)  # the brush is selected again once the canvas is cleared
+        draw_stroke(phone, "#class-sketch")
+        phone.get_by_role("button", name="Add this drawing").click()
+        expect(phone.get_by_text(f"Draw a {drawn}", exact=False)).to_be_visible(timeout=30_000)
+    phone.wait_for_timeout(800)
+    phone.screenshot(path=str(HERE / "phone-5-classroom.png"), full_page=True)
+    teacher.wait_for_timeout(4000)  # the console's next refresh
+    teacher.get_by_role("button", name="Train the class model", exact=True).click()
+    expect(teacher.get_by_text("Class model: reads")).to_be_visible(timeout=240_000)
+    teacher.wait_for_timeout(4000)
+    teacher.screenshot(path=str(HERE / f"{NAMES[4]}.png"), full_page=True)
+
+
+def main(only_classroom: bool = False) -> None:
     from playwright.sync_api import sync_playwright
 
     with running_app() as app, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        for viewport, prefix in ((PROJECTOR, ""), (PHONE, "phone-")):
+        for viewport, prefix in () if only_classroom else ((PROJECTOR, ""), (PHONE, "phone-")):
             context = browser.new_context(viewport=viewport)
             page = context.new_page()
             page.goto(app.url)
             page.wait_for_timeout(2000)
             walk(page, prefix)
             context.close()
+        classroom(browser, app.url)
         browser.close()
     print(f"wrote {len(list(HERE.glob('*.png')))} screenshots to {HERE}")
 
 
 if __name__ == "__main__":
-    main()
+    main(only_classroom="--classroom" in sys.argv)
