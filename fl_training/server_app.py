@@ -104,6 +104,7 @@ def run_federation(
         The exported model (it takes raw features) and the per-round history.
     """
     dataset = load_dataset(cfg.dataset)
+    check_fits_dataset(cfg, dataset)  # the server's own precondition, whoever started the run
     if federation is None:
         federation = wait_for_nodes(grid, cfg.num_clients, NODE_WAIT_SECONDS)
     federation_grid = FederationGrid(grid, federation, timeout=round_timeout)
@@ -200,7 +201,6 @@ def main(grid: Grid, context: Context) -> None:
         print(f"error: {exc}", flush=True)
         raise
     cfg = dataclasses.replace(settings.training, num_clients=federation.size)
-    check_fits_dataset(cfg, load_dataset(cfg.dataset))
     mode = "secure aggregation (SecAgg+)" if cfg.secure_aggregation else "aggregation in the clear"
     print(f"Training {cfg.dataset} with {cfg.num_clients} clients, {cfg.strategy}, {mode}.", flush=True)
     result = run_federation(

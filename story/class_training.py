@@ -1,6 +1,6 @@
 """The teacher's "Train the class model": one Flower client per participant, each on their own drawings.
 
-How the class run is made, chosen by measurement (``benchmarks/bench_classroom.py``,
+How the class run is made, chosen by measurement (``benchmarks/bench_class_design.py``,
 30 simulated participants × 20 drawings in fonts and slants of their own, 5 rounds;
 the MNIST model reads 59 % of their held-back drawings and 91 % of MNIST's test split):
 
