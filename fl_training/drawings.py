@@ -13,6 +13,8 @@ import os
 from typing import Any
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
+from scipy import ndimage
 
 from fl_training.datasets import Dataset
 
@@ -57,8 +59,6 @@ def check_image_file(source: bytes | str | os.PathLike) -> tuple[int, int]:
         If it is larger than :data:`MAX_DRAWING_FILE_BYTES`, not a
         :data:`DRAWING_FORMATS` image, or over :data:`MAX_DRAWING_SIDE` on a side.
     """
-    from PIL import Image, UnidentifiedImageError
-
     size = len(source) if isinstance(source, (bytes, bytearray)) else os.stat(source).st_size
     if size > MAX_DRAWING_FILE_BYTES:
         raise DrawingError(
@@ -175,8 +175,6 @@ def _crop_to_ink(ink: np.ndarray) -> np.ndarray:
 
 def _fit_box(crop: np.ndarray, box: int) -> np.ndarray:
     """Scale so that the longer side is ``box`` pixels, keeping the aspect; area averaging anti-aliases."""
-    from PIL import Image
-
     scale = box / max(crop.shape)
     size = (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale)))
     image = Image.fromarray(np.ascontiguousarray(crop, dtype=np.float32))  # mode "F"
@@ -185,8 +183,6 @@ def _fit_box(crop: np.ndarray, box: int) -> np.ndarray:
 
 def _like_mnist(crop: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """MNIST's recipe: fit into a 20 x 20 box keeping the aspect, centre the mass in 28 x 28; 0-255."""
-    from scipy import ndimage
-
     height, width = shape
     digit = _fit_box(crop, round(min(shape) * MNIST_BOX_FRACTION))
     if digit.max() <= 0:

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
+from concurrency.imports import import_once
 from fl_training.datasets import DATASET_NAMES, Dataset, DatasetUnavailableError, load_dataset
 
 #: Estimators a model file may contain. A linear classifier is all the FHE
@@ -99,7 +100,7 @@ def save_model(model: LogisticRegression, path: str | os.PathLike, fmt: str | No
     OSError
         If it cannot be written (a full disk); nothing is left behind.
     """
-    import skops.io as sio
+    (sio,) = import_once("skops.io")
 
     path = Path(path)
     fmt = fmt or ("pickle" if path.suffix in {".pkl", ".pickle"} else "skops")
@@ -167,12 +168,12 @@ def _build_from_schema(path: Path, schema: dict[str, Any]) -> Any:
     in ``load``; its tree API takes the parsed schema instead. Its own audit
     still runs, against the same allow-list.
     """
-    from skops.io._audit import audit_tree, get_tree
-    from skops.io._utils import LoadContext
+    # skops's first import, from whichever thread loads a model first, under the one import lock.
+    audit, utils = import_once("skops.io._audit", "skops.io._utils")
 
     with zipfile.ZipFile(path) as archive:
-        tree = get_tree(schema, LoadContext(src=archive))
-        audit_tree(tree, sorted(ALLOWED_SKOPS_TYPES))
+        tree = audit.get_tree(schema, utils.LoadContext(src=archive))
+        audit.audit_tree(tree, sorted(ALLOWED_SKOPS_TYPES))
         return tree.construct()
 
 
