@@ -90,16 +90,16 @@ class Classes:
 
     def train(self, class_code: str, teacher_key: str, **settings: Any) -> Iterator[Any]:
         """Train the class model (see :meth:`story.class_training.ClassTrainings.train`)."""
-        data = self.rooms.participants_data(class_code, teacher_key)
+        data = self.rooms.participants_data(class_code, teacher_key)  # checks the teacher key
         nicknames = self.rooms.nicknames(class_code, teacher_key)
-        code = self.rooms.status(class_code, teacher_key)["class_code"]
+        code = self._code_of(class_code)
         rows = [(pid, nicknames.get(pid, "?"), X, y) for pid, X, y in data]
         yield from self.trainings.train(code, rows, **settings)
 
     def close(self, class_code: str, teacher_key: str) -> None:
         """Close the class: people, drawings, runs and the class model are deleted."""
-        code = self.rooms.status(class_code, teacher_key)["class_code"]
-        self.rooms.close_class(class_code, teacher_key)
+        self.rooms.close_class(class_code, teacher_key)  # checks the teacher key
+        code = self._code_of(class_code)
         self.trainings.close(code)
 
     # -- a participant -------------------------------------------------------------------

@@ -55,14 +55,7 @@ def walk(page, prefix: str = "") -> None:
     if not prefix:
         page.get_by_text("drawing", exact=True).click()
         page.wait_for_timeout(1500)
-        canvas = page.locator("#sketch canvas").first
-        canvas.scroll_into_view_if_needed()
-        box = canvas.bounding_box()
-        page.mouse.move(box["x"] + box["width"] * 0.28, box["y"] + box["height"] * 0.22)
-        page.mouse.down()
-        page.mouse.move(box["x"] + box["width"] * 0.72, box["y"] + box["height"] * 0.22, steps=12)
-        page.mouse.move(box["x"] + box["width"] * 0.42, box["y"] + box["height"] * 0.82, steps=18)
-        page.mouse.up()
+        draw_stroke(page, "#sketch")
         drawn = page.get_by_text("Your drawing as the model sees it", exact=False)
         expect(drawn).to_be_visible(timeout=30_000)
         for button, done in [("② Encrypt the input", r"Encrypted your drawing"),
