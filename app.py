@@ -75,7 +75,7 @@ def build_demo(registry: SessionRegistry | None = None) -> gr.Blocks:
         pipeline = gr.Markdown(pipeline_status(None), elem_id="pipeline")
         notice = gr.Markdown(elem_id="notice")
         ctx = DemoContext(demo=demo, registry=registry, state=state, pipeline=pipeline)
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
             with gr.Tab("1 · Federated training", id="train"):
                 training_tab.build(ctx)
             with gr.Tab("2 · Convert & compile", id="compile"):
@@ -85,10 +85,12 @@ def build_demo(registry: SessionRegistry | None = None) -> gr.Blocks:
             with gr.Tab("4 · Encrypted evaluation", id="evaluation"):
                 evaluation_tab.build(ctx)
             with gr.Tab("5 · Classroom", id="classroom"):
-                classroom_tab.build(ctx)
+                classroom = classroom_tab.build(ctx)
             with gr.Tab("6 · About", id="about"):
                 about_tab.build()
-        page.build(ctx, notice)  # a reload resumes the model; closing the tab deletes the private key
+        # A reload resumes the model and the class place; closing the tab deletes the private key.
+        started = page.build(ctx, notice)
+        classroom_tab.show_resumed_place(ctx, classroom, started, tabs)
     # Room for a workshop of 30, each with a few events waiting.
     demo.queue(max_size=128)
     demo.registry = registry  # type: ignore[attr-defined]

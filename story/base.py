@@ -407,6 +407,10 @@ class SessionCore:
         finally:
             self._busy.release()
 
+    def resumable(self) -> bool:
+        """True if a reloaded page has something to take over from this session."""
+        return self.model is not None and not self.closed
+
     def resume_from(self, previous: SessionCore) -> bool:
         """Take over the model and deployment of this visitor's previous page (keys are never taken over).
 

@@ -110,6 +110,13 @@ class Classes:
         return {"class_code": joined.class_code, "participant": joined.participant_id,
                 "nickname": joined.nickname, "next_label": 0}
 
+    def seat(self, class_code: str, participant_id: str) -> dict[str, Any]:
+        """A participant's view: ``class_code``, ``nickname``, ``drawings``, ``per_label``, ``next_label``."""
+        nickname = self.rooms.nickname_of(class_code, participant_id)
+        summary = self.rooms.summary(class_code, participant_id)
+        return {"class_code": self._code_of(class_code), "nickname": nickname, "drawings": summary.drawings,
+                "per_label": summary.per_label, "next_label": summary.next_label}
+
     def add_drawing(self, class_code: str, participant_id: str, drawing: Any, label: Any) -> dict[str, Any]:
         """Keep one labelled drawing: ``drawings``, ``per_label``, ``next_label``."""
         summary = self.rooms.add_sketch(class_code, participant_id, drawing, label)

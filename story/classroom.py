@@ -358,6 +358,11 @@ class Classrooms:
         with self._lock:
             return self._member(class_code, participant_id)[1].summary()
 
+    def nickname_of(self, class_code: str, participant_id: str) -> str:
+        """A participant's nickname (for their own page, e.g. after a reload)."""
+        with self._lock:
+            return self._member(class_code, participant_id)[1].nickname
+
     def own_drawings(self, class_code: str, participant_id: str) -> tuple[str, np.ndarray, np.ndarray]:
         """A participant's nickname and drawings (copies), for their own export or side-by-side reading."""
         with self._lock:

@@ -55,7 +55,7 @@ def open_page(registry: SessionRegistry, page_id: str, token: object) -> PageSta
         return PageStart(token, None, "")
     parked = resumptions.take(token)
     previous = parked or registry.get(resumptions.page_of(token))
-    if previous is None or previous is registry.get(page_id) or previous.model is None:
+    if previous is None or previous is registry.get(page_id) or not previous.resumable():
         resumptions.remember(page_id, token)
         return PageStart(token, None, "")
     try:
@@ -67,7 +67,23 @@ def open_page(registry: SessionRegistry, page_id: str, token: object) -> PageSta
     resumptions.remember(page_id, token)
     if not resumed:
         return PageStart(token, None, "")
-    message = "Resumed your model from before the reload"
+    return PageStart(token, session, _resumed_message(session))
+
+
+def _resumed_message(session: DemoSession) -> str:
+    """What the reloaded page took over: the model (and its deployment, with new keys), its class place."""
+    parts = []
+    if session.model is not None:
+        parts.append(_resumed_model(session))
+    if session.teaching is not None:
+        parts.append(f"your console of class {session.teaching[0]} (tab 5)")
+    if session.seat is not None:
+        parts.append(f"your seat in class {session.seat[0]} with your drawings (tab 5)")
+    return "Resumed " + "; and ".join(parts) + "."
+
+
+def _resumed_model(session: DemoSession) -> str:
+    message = "your model from before the reload"
     if session.deployment is not None:
         message += " and its compiled deployment"
         try:
@@ -75,7 +91,7 @@ def open_page(registry: SessionRegistry, page_id: str, token: object) -> PageSta
             message += "; a new private key was generated for this page (the old one was deleted)"
         except (StepError, ValueError, RuntimeError) as exc:
             message += f"; new keys could not be generated ({exc}): run step ① again"
-    return PageStart(token, session, message + ".")
+    return message
 
 
 def close_page(registry: SessionRegistry, page_id: str | None) -> None:

@@ -28,6 +28,8 @@ SELECT_BRUSH_JS = """() => {
   }, 400);
   return [];
 }"""
+#: The columns of the class run's table, a row per round.
+ROUND_COLUMNS = ("round", "MNIST test", "room's held-back drawings", "dropped")
 #: How often the teacher's console refreshes (seconds): live on a projector, cheap for the app.
 CONSOLE_REFRESH_SECONDS = 3.0
 
@@ -117,7 +119,7 @@ def rounds_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
               "" if r.get("accuracy_room") is None else f"{r['accuracy_room']:.1%}",
               r.get("dropped_clients", 0)]
              for r in rows]
-    return pd.DataFrame(table, columns=["round", "MNIST test", "room's held-back drawings", "dropped"])
+    return pd.DataFrame(table, columns=list(ROUND_COLUMNS))
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:
@@ -134,7 +136,16 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     )
 
 
-def build(ctx: DemoContext) -> None:
+@dataclass
+class Classroom:
+    """The tab's two panels, and the tabs that switch between them."""
+
+    tabs: gr.Tabs
+    participant: Participant
+    teacher: Teacher
+
+
+def build(ctx: DemoContext) -> Classroom:
     """Create the Classroom tab inside the current ``gr.Tab``."""
     gr.Markdown(
         "## The room is the federation\nEveryone draws digits on their own phone; a class model is "
@@ -142,11 +153,53 @@ def build(ctx: DemoContext) -> None:
         "the app's memory for anyone else's (and can stay on your own machine: export them and join "
         "with a Flower SuperNode)."
     )
-    participant = _participant_panel()
-    with gr.Accordion("Teacher: open a class and train the class model", open=False):
-        teacher = _teacher_panel()
+    with gr.Tabs(selected="class-participant") as tabs:
+        with gr.Tab("Join and draw", id="class-participant"):
+            participant = _participant_panel()
+        with gr.Tab("Teacher's console", id="class-teacher"):
+            teacher = _teacher_panel()
     _wire_participant(ctx, participant)
     _wire_teacher(ctx, teacher)
+    return Classroom(tabs, participant, teacher)
+
+
+def show_resumed_place(ctx: DemoContext, classroom: Classroom, started: Any, page_tabs: gr.Tabs) -> None:
+    """After a reload, show the page's class again: the teacher's console, or the seat and its drawings.
+
+    Parameters
+    ----------
+    ctx : DemoContext
+        The session state.
+    classroom : Classroom
+        The tab's components.
+    started : gradio event
+        The page's start (which resumed the session), to run after.
+    page_tabs : gr.Tabs
+        The page's tabs (the Classroom tab is brought to the front).
+    """
+    p, t = classroom.participant, classroom.teacher
+
+    def resumed_place(state: DemoSession | None = None, request: gr.Request = None):
+        place = state.class_place() if state is not None else {"teaching": None, "seat": None}
+        teaching, seat = place["teaching"], place["seat"]
+        if teaching is None and seat is None:
+            return (gr.skip(),) * 12
+        console = (code_html(teaching["class_code"], join_url(request, teaching["join_path"])),
+                   teaching["teacher_key"], gr.Timer(active=True)) if teaching else (gr.skip(),) * 3
+        if seat is None:
+            drawing = (gr.skip(),) * 6
+        else:
+            text = f"You are **{seat['nickname']}** in class **{seat['class_code']}** (back after a reload)."
+            drawing = (seat["class_code"], seat["nickname"], text, _prompt(seat["next_label"]),
+                       seat["next_label"], _counts(seat["per_label"]))
+        selected = "class-participant" if seat is not None else "class-teacher"
+        return (*console, *drawing, gr.Tabs(selected=selected), gr.Tabs(selected="classroom"), state)
+
+    started.then(resumed_place, [ctx.state],
+                 [t.code_html, t.teacher_key, t.timer, p.code, p.nickname, p.joined_md, p.prompt_md, p.label,
+                  p.counts, classroom.tabs, page_tabs, ctx.state],
+                 api_visibility="private", show_progress="hidden", queue=False
+                 ).then(None, None, None, js=SELECT_BRUSH_JS)
 
 
 def _participant_panel() -> Participant:
@@ -204,7 +257,7 @@ def _teacher_panel() -> Teacher:
         differential_privacy = gr.Checkbox(value=False, label="Differential privacy")
     train_button = gr.Button("Train the class model", variant="primary")
     train_md = gr.Markdown()
-    train_log = gr.Dataframe(label="Rounds", interactive=False)
+    train_log = gr.Dataframe(headers=list(ROUND_COLUMNS), label="Rounds", interactive=False)
     status_json = gr.JSON(visible=False)
     timer = gr.Timer(CONSOLE_REFRESH_SECONDS, active=False)
     return Teacher(title, open_button, code, teacher_key, people, labels, rounds, secure_aggregation,

@@ -18,7 +18,7 @@ from ui.common import DemoContext, pipeline_status
 BROWSER_KEY = "fl-fhe-demo-page"
 
 
-def build(ctx: DemoContext, notice: gr.Markdown) -> None:
+def build(ctx: DemoContext, notice: gr.Markdown) -> Any:
     """Wire the page's load (resume) and unload (park, or wipe) events.
 
     Parameters
@@ -27,6 +27,11 @@ def build(ctx: DemoContext, notice: gr.Markdown) -> None:
         Registry, session state and the status line.
     notice : gr.Markdown
         Where the page says what it resumed.
+
+    Returns
+    -------
+    gradio event
+        The page's start, for tabs that show what it resumed (``.then``).
     """
     token = gr.BrowserState(None, storage_key=BROWSER_KEY)
 
@@ -37,14 +42,15 @@ def build(ctx: DemoContext, notice: gr.Markdown) -> None:
         session = started.session
         return started.token, session, pipeline_status(session), f"↻ {started.message}"
 
-    ctx.demo.load(start, [token], [token, ctx.state, ctx.pipeline, notice],
-                  api_visibility="private", show_progress="hidden")
+    started = ctx.demo.load(start, [token], [token, ctx.state, ctx.pipeline, notice],
+                            api_visibility="private", show_progress="hidden")
 
     def end(request: gr.Request) -> None:
         # The private key goes now; the model and deployment wait a while for a reload.
         close_page(ctx.registry, request.session_hash)
 
     ctx.demo.unload(end)
+    return started
 
 
 def close_state(registry: SessionRegistry, session: DemoSession | None) -> None:
