@@ -133,6 +133,10 @@ class ClassSteps(SessionCore):
     def delete_class_drawings(self) -> dict[str, Any]:
         return self.classes.delete_drawings(*self._seat())
 
+    def class_progress(self) -> dict[str, Any]:
+        """The class run, round by round, as this participant sees it (see :meth:`Classes.run_view`)."""
+        return self.classes.run_view(*self._seat())
+
     def leave_class(self) -> dict[str, Any]:
         """Leave the class: this participant and their drawings are deleted from the host at once."""
         left = self.classes.leave(*self._seat())

@@ -117,6 +117,23 @@ class Classes:
         return {"class_code": self._code_of(class_code), "nickname": nickname, "drawings": summary.drawings,
                 "per_label": summary.per_label, "next_label": summary.next_label}
 
+    def run_view(self, class_code: str, participant_id: str) -> dict[str, Any]:
+        """The class run as every participant sees it, round by round: ``state`` (``"collecting"`` before
+        any run), ``participants``, ``rounds``, ``left_during_training``, ``result`` (None until trained).
+
+        The room's size only: who drew what stays on the teacher's console.
+        """
+        seat = self.seat(class_code, participant_id)
+        view: dict[str, Any] = {"class_code": seat["class_code"], "state": "collecting", "rounds": [],
+                                "left_during_training": [], "result": None,
+                                "participants": self.rooms.size(class_code)}
+        run = self.trainings.run_of(seat["class_code"])
+        if run is not None:
+            view.update(state=run.state, rounds=list(run.rounds), left_during_training=list(run.left))
+            if run.summary is not None:
+                view["result"] = {k: v for k, v in run.summary.items() if k != "history"}
+        return view
+
     def add_drawing(self, class_code: str, participant_id: str, drawing: Any, label: Any) -> dict[str, Any]:
         """Keep one labelled drawing: ``drawings``, ``per_label``, ``next_label``."""
         summary = self.rooms.add_sketch(class_code, participant_id, drawing, label)

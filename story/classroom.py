@@ -358,6 +358,11 @@ class Classrooms:
         with self._lock:
             return self._member(class_code, participant_id)[1].summary()
 
+    def size(self, class_code: str) -> int:
+        """How many participants the class has."""
+        with self._lock:
+            return len(self._room(class_code).members)
+
     def nickname_of(self, class_code: str, participant_id: str) -> str:
         """A participant's nickname (for their own page, e.g. after a reload)."""
         with self._lock:

@@ -14,20 +14,25 @@ import segno
 from story import DemoSession
 from story.forms import DEFAULT_CLASS_ROUNDS, class_rounds_bounds
 from ui import figures
-from ui.common import CLASS_DRAWINGS, LIGHT, TRAINING, DemoContext, lenient, pipeline_status
-from ui.errors import user_errors
+from ui.common import CLASS_DRAWINGS, LIGHT, POLLS, TRAINING, DemoContext, lenient, pipeline_status
+from ui.errors import USER_ERRORS, user_errors
 from ui.files import serve_file
 from ui.inference_tab import BRUSH_PX, SKETCH_SIZE
 
 #: Selects the class sketchpad's brush (after joining, and after each drawing clears the canvas).
 SELECT_BRUSH_JS = """() => {
-  setTimeout(() => {
+  let tries = 0;
+  const select = () => {
     const sketch = document.querySelector("#class-sketch");
     const brush = sketch && sketch.querySelector("button[aria-label='Brush'], button[title='Brush']");
-    if (brush) brush.click();
-  }, 400);
+    if (brush && brush.offsetParent !== null) { brush.click(); return; }
+    if (++tries < 25) setTimeout(select, 200);  // the pad may still be drawing (a tab just shown)
+  };
+  setTimeout(select, 300);
   return [];
 }"""
+#: How often a participant's page asks how the class run goes (seconds): a room of phones polls at once.
+PARTICIPANT_REFRESH_SECONDS = 5.0
 #: The columns of the class run's table, a row per round.
 ROUND_COLUMNS = ("round", "MNIST test", "room's held-back drawings", "dropped")
 #: How often the teacher's console refreshes (seconds): live on a projector, cheap for the app.
@@ -80,6 +85,10 @@ class Participant:
     compare_button: gr.Button
     compare_md: gr.Markdown
     result_json: gr.JSON
+    run_md: gr.Markdown
+    run_log: gr.Dataframe
+    progress_json: gr.JSON
+    timer: gr.Timer
 
 
 def join_url(request: gr.Request | None, join_path: str) -> str:
@@ -145,6 +154,22 @@ class Classroom:
     teacher: Teacher
 
 
+def run_markdown(view: dict[str, Any]) -> str:
+    """The class run as a participant's phone shows it."""
+    state, rows = view["state"], view["rounds"]
+    if state == "collecting":
+        return (f"**The class model:** not trained yet ({view['participants']} in the room). Keep drawing; "
+                "the teacher starts the training.")
+    if state == "failed":
+        return "**The class model:** the training failed; the teacher can start it again."
+    if state == "training":
+        done = f"round {rows[-1]['round']} done" if rows else "starting"
+        left = view["left_during_training"]
+        dropped = f"; dropped: {', '.join(left)}" if left else ""
+        return f"**The class model is training** ({done}{dropped}) …"
+    return summary_markdown(view["result"]) if view["result"] else "**The class model** is trained."
+
+
 def build(ctx: DemoContext) -> Classroom:
     """Create the Classroom tab inside the current ``gr.Tab``."""
     gr.Markdown(
@@ -183,21 +208,21 @@ def show_resumed_place(ctx: DemoContext, classroom: Classroom, started: Any, pag
         place = state.class_place() if state is not None else {"teaching": None, "seat": None}
         teaching, seat = place["teaching"], place["seat"]
         if teaching is None and seat is None:
-            return (gr.skip(),) * 12
+            return (gr.skip(),) * 13
         console = (code_html(teaching["class_code"], join_url(request, teaching["join_path"])),
                    teaching["teacher_key"], gr.Timer(active=True)) if teaching else (gr.skip(),) * 3
         if seat is None:
-            drawing = (gr.skip(),) * 6
+            drawing = (gr.skip(),) * 7
         else:
             text = f"You are **{seat['nickname']}** in class **{seat['class_code']}** (back after a reload)."
             drawing = (seat["class_code"], seat["nickname"], text, _prompt(seat["next_label"]),
-                       seat["next_label"], _counts(seat["per_label"]))
+                       seat["next_label"], _counts(seat["per_label"]), gr.Timer(active=True))
         selected = "class-participant" if seat is not None else "class-teacher"
         return (*console, *drawing, gr.Tabs(selected=selected), gr.Tabs(selected="classroom"), state)
 
     started.then(resumed_place, [ctx.state],
                  [t.code_html, t.teacher_key, t.timer, p.code, p.nickname, p.joined_md, p.prompt_md, p.label,
-                  p.counts, classroom.tabs, page_tabs, ctx.state],
+                  p.counts, p.timer, classroom.tabs, page_tabs, ctx.state],
                  api_visibility="private", show_progress="hidden", queue=False
                  ).then(None, None, None, js=SELECT_BRUSH_JS)
 
@@ -233,9 +258,14 @@ def _participant_panel() -> Participant:
         compare_button = gr.Button("Read my drawing with both models")
     compare_md = gr.Markdown()
     result_json = gr.JSON(visible=False)
+    run_md = gr.Markdown(elem_id="class-run")
+    run_log = gr.Dataframe(headers=list(ROUND_COLUMNS), label="The class run, round by round",
+                           interactive=False, visible=False)
+    progress_json = gr.JSON(visible=False)
+    timer = gr.Timer(PARTICIPANT_REFRESH_SECONDS, active=False)
     return Participant(code, nickname, join_button, joined_md, prompt_md, label, sketch, add_button, counts,
                        delete_button, leave_button, export_button, export_file, use_button, compare_button,
-                       compare_md, result_json)
+                       compare_md, result_json, run_md, run_log, progress_json, timer)
 
 
 def _teacher_panel() -> Teacher:
@@ -285,7 +315,23 @@ def _wire_participant(ctx: DemoContext, p: Participant) -> None:
     p.join_button.click(class_join, [p.code, p.nickname, ctx.state],
                         [p.result_json, p.joined_md, p.prompt_md, p.label, p.counts, ctx.state],
                         api_name="class_join", show_progress="hidden", **LIGHT
-                        ).success(None, None, None, js=SELECT_BRUSH_JS)
+                        ).success(lambda: gr.Timer(active=True), None, [p.timer], js=SELECT_BRUSH_JS,
+                                  api_visibility="private", queue=False)
+
+    def class_progress(state: DemoSession | None = None):
+        """How the class run goes, round by round, as a participant sees it (API: /class_progress)."""
+        if state is None or state.seat is None:
+            return {}, "", gr.update(visible=False), gr.Timer(active=False)
+        try:
+            view = state.class_progress()
+        except USER_ERRORS as exc:  # the class closed or expired: say so once, and stop asking
+            return {"error": str(exc)}, f"⚠ {exc}", gr.update(visible=False), gr.Timer(active=False)
+        rows = view["rounds"]
+        table = gr.update(value=rounds_table(rows), visible=True) if rows else gr.update(visible=False)
+        return view, run_markdown(view), table, gr.skip()
+
+    p.timer.tick(class_progress, [ctx.state], [p.progress_json, p.run_md, p.run_log, p.timer],
+                 api_name="class_progress", show_progress="hidden", **POLLS)
 
     @user_errors
     def class_add_drawing(drawing: Any = None, label: int = 0, state: DemoSession | None = None,
@@ -317,10 +363,12 @@ def _wire_participant(ctx: DemoContext, p: Participant) -> None:
         """Leave the class: your drawings are deleted from the host at once (API: /class_leave)."""
         session = ctx.session(state, request)
         left = session.leave_class()
-        return left, f"✓ {left['message']}", _counts([0] * 10), "### Join a class to draw", session
+        return (left, f"✓ {left['message']}", _counts([0] * 10), "### Join a class to draw", "",
+                gr.update(visible=False), gr.Timer(active=False), session)
 
     p.leave_button.click(class_leave, [ctx.state],
-                         [p.result_json, p.joined_md, p.counts, p.prompt_md, ctx.state],
+                         [p.result_json, p.joined_md, p.counts, p.prompt_md, p.run_md, p.run_log, p.timer,
+                          ctx.state],
                          api_name="class_leave", show_progress="hidden", **LIGHT)
 
     @user_errors

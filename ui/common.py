@@ -27,6 +27,9 @@ LIGHT = {"concurrency_limit": 4, "concurrency_id": "light"}
 #: A class's drawings: each takes a fraction of a second, and a room adds them all lesson long;
 #: a queue of their own keeps them from waiting behind key generation or encryption.
 CLASS_DRAWINGS = {"concurrency_limit": 4, "concurrency_id": "class-drawings"}
+#: A page's periodic look at shared progress (a class run, from every phone in the room): cheap reads
+#: of their own, so a room polling at once never delays anyone's step.
+POLLS = {"concurrency_limit": 8, "concurrency_id": "polls"}
 #: Redrawing panels from the session (no computation): never waits behind a step.
 REFRESH = {"concurrency_limit": 8, "concurrency_id": "refresh", "show_progress": "hidden",
            "api_visibility": "private"}

@@ -60,6 +60,8 @@ def test_a_reload_brings_the_teacher_back_to_the_console_and_the_participant_to_
         phone.get_by_label("Nickname").fill("maya")
         phone.get_by_role("button", name="Join", exact=True).click()
         expect(phone.get_by_text("You are maya")).to_be_visible(timeout=30_000)
+        expect(phone.get_by_text("The class model: not trained yet (1 in the room)")).to_be_visible(
+            timeout=30_000)  # every phone follows the class run
         for drawn in (1, 2):
             phone.wait_for_timeout(1000)  # the brush is selected again once the canvas is ready
             draw_stroke(phone, "#class-sketch")
