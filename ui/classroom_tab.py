@@ -184,6 +184,8 @@ def build(ctx: DemoContext) -> Classroom:
         with gr.Tab("Teacher's console", id="class-teacher"):
             teacher = _teacher_panel()
     _wire_participant(ctx, participant)
+    _wire_progress(ctx, participant)
+    _wire_class_model(ctx, participant)
     _wire_teacher(ctx, teacher)
     return Classroom(tabs, participant, teacher)
 
@@ -318,20 +320,6 @@ def _wire_participant(ctx: DemoContext, p: Participant) -> None:
                         ).success(lambda: gr.Timer(active=True), None, [p.timer], js=SELECT_BRUSH_JS,
                                   api_visibility="private", queue=False)
 
-    def class_progress(state: DemoSession | None = None):
-        """How the class run goes, round by round, as a participant sees it (API: /class_progress)."""
-        if state is None or state.seat is None:
-            return {}, "", gr.update(visible=False), gr.Timer(active=False)
-        try:
-            view = state.class_progress()
-        except USER_ERRORS as exc:  # the class closed or expired: say so once, and stop asking
-            return {"error": str(exc)}, f"⚠ {exc}", gr.update(visible=False), gr.Timer(active=False)
-        rows = view["rounds"]
-        table = gr.update(value=rounds_table(rows), visible=True) if rows else gr.update(visible=False)
-        return view, run_markdown(view), table, gr.skip()
-
-    p.timer.tick(class_progress, [ctx.state], [p.progress_json, p.run_md, p.run_log, p.timer],
-                 api_name="class_progress", show_progress="hidden", **POLLS)
 
     @user_errors
     def class_add_drawing(drawing: Any = None, label: int = 0, state: DemoSession | None = None,
@@ -381,6 +369,18 @@ def _wire_participant(ctx: DemoContext, p: Participant) -> None:
     p.export_button.click(class_export_drawings, [ctx.state], [p.export_file, ctx.state],
                           api_name="class_export_drawings", show_progress="hidden", **LIGHT)
 
+
+    def code_from_link(request: gr.Request):
+        params = getattr(request, "query_params", {}) or {}
+        code = params.get("class", "")
+        return gr.update(value=code) if code else gr.skip()
+
+    ctx.demo.load(code_from_link, None, [p.code], api_visibility="private", queue=False)
+
+
+def _wire_class_model(ctx: DemoContext, p: Participant) -> None:
+    """A participant takes the class model as their own, or reads a drawing with both models."""
+
     @user_errors
     def class_use_model(state: DemoSession | None = None, request: gr.Request = None):
         """Make the class model your current model, then go on in tabs 2-4 (API: /class_use_model)."""
@@ -405,12 +405,24 @@ def _wire_participant(ctx: DemoContext, p: Participant) -> None:
     p.compare_button.click(class_compare, [p.sketch, ctx.state], [p.result_json, p.compare_md, ctx.state],
                            api_name="class_compare", show_progress="hidden", **LIGHT)
 
-    def code_from_link(request: gr.Request):
-        params = getattr(request, "query_params", {}) or {}
-        code = params.get("class", "")
-        return gr.update(value=code) if code else gr.skip()
 
-    ctx.demo.load(code_from_link, None, [p.code], api_visibility="private", queue=False)
+def _wire_progress(ctx: DemoContext, p: Participant) -> None:
+    """Every participant's page follows the class run (from joining until leaving)."""
+
+    def class_progress(state: DemoSession | None = None):
+        """How the class run goes, round by round, as a participant sees it (API: /class_progress)."""
+        if state is None or state.seat is None:
+            return {}, "", gr.update(visible=False), gr.Timer(active=False)
+        try:
+            view = state.class_progress()
+        except USER_ERRORS as exc:  # the class closed or expired: say so once, and stop asking
+            return {"error": str(exc)}, f"⚠ {exc}", gr.update(visible=False), gr.Timer(active=False)
+        rows = view["rounds"]
+        table = gr.update(value=rounds_table(rows), visible=True) if rows else gr.update(visible=False)
+        return view, run_markdown(view), table, gr.skip()
+
+    p.timer.tick(class_progress, [ctx.state], [p.progress_json, p.run_md, p.run_log, p.timer],
+                 api_name="class_progress", show_progress="hidden", **POLLS)
 
 
 def _wire_teacher(ctx: DemoContext, t: Teacher) -> None:
