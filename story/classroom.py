@@ -358,6 +358,12 @@ class Classrooms:
         with self._lock:
             return self._member(class_code, participant_id)[1].summary()
 
+    def is_open(self, class_code: str) -> bool:
+        """True while the class is open (not closed, not expired)."""
+        with self._lock:
+            self._sweep()
+            return typed_code(class_code) in self._rooms
+
     def size(self, class_code: str) -> int:
         """How many participants the class has."""
         with self._lock:

@@ -153,7 +153,8 @@ class SessionRegistry:
         #: Compiled deployments shared by sessions with the same model and settings.
         self.deployments = SharedDeployments(server, self.work_root / "deployments")
         #: The classes whose participants' drawings train a class model (story.classes).
-        self.classes = Classes(self.trainings, TRAINING_FORM, root=self.work_root)
+        self.classes = Classes(self.trainings, TRAINING_FORM, root=self.work_root,
+                               deployments=self.deployments)
         self._sessions: dict[str, DemoSession] = {}
         #: Sessions of closed pages, kept for a while so that a reload resumes them (story.resume).
         self.resumptions = Resumptions()
