@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train each client on its drawings file DIR/client-<i>.npz instead of a partition")
     p.add_argument("--initial-model", default=defaults.initial_model, metavar="FILE",
                    help="start from this model file (.skops) instead of zeros")
+    p.add_argument("--deskew", action=argparse.BooleanOptionalAction, default=defaults.deskew,
+                   help="each client deskews its images (MNIST; the model records it)")
     p.add_argument("--output", default="model.skops", help="where to write the model ('' to skip)")
     p.add_argument(
         "--format", choices=MODEL_FORMATS, default=None,
@@ -130,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             secure_aggregation=args.secure_aggregation,
             client_data=args.client_data,
             initial_model=args.initial_model,
+            deskew=args.deskew,
         )
         from fl_training.runtime import TrainingRuntime
         from fl_training.simulation import TrainingResult, stream_training
