@@ -76,22 +76,21 @@ def check_applies(name: object, image_shape: Sequence[int] | None) -> str:
     return name
 
 
-def deskew_images(images: np.ndarray, shape: Sequence[int], high: float) -> np.ndarray:
+def deskew_images(images: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     """Deskew each image by its second-order moments, its centre of mass moved to the centre.
 
     Parameters
     ----------
     images : ndarray of shape (n, height * width)
-        Raw pixels, ``0`` (background) to ``high`` (ink).
+        Raw pixels, ``0`` (background) and up (ink).
     shape : (height, width)
         Each image's shape.
-    high : float
-        The largest pixel value; the output is clipped to ``[0, high]``.
 
     Returns
     -------
     ndarray of shape (n, height * width)
-        The deskewed images (a blank image stays blank).
+        The deskewed images. Bilinear interpolation mixes neighbouring pixels, so
+        every value stays within the image's own range; a blank image stays blank.
     """
     height, width = (int(s) for s in shape)
     flat = np.asarray(images, dtype=np.float64).reshape(-1, height * width)
@@ -112,12 +111,10 @@ def deskew_images(images: np.ndarray, shape: Sequence[int], high: float) -> np.n
         offset = np.array([mean_row[i], mean_col[i]]) - shear @ centre
         image = flat[i].reshape(height, width)
         out[i] = ndimage.affine_transform(image, shear, offset=offset, order=1, mode="constant").reshape(-1)
-    return np.clip(out, 0.0, high)
+    return out
 
 
-def preprocess(
-    X: np.ndarray, preprocessing: str, image_shape: Sequence[int] | None, high: float
-) -> np.ndarray:
+def preprocess(X: np.ndarray, preprocessing: str, image_shape: Sequence[int] | None) -> np.ndarray:
     """Apply ``preprocessing`` to raw features: the one implementation every path calls.
 
     Parameters
@@ -128,8 +125,6 @@ def preprocess(
         One of :data:`PREPROCESSINGS`.
     image_shape : (height, width) or None
         The images' shape, ``None`` for tabular features.
-    high : float
-        The largest raw pixel value (MNIST: 255).
 
     Returns
     -------
@@ -150,7 +145,7 @@ def preprocess(
             f"Deskewing needs {image_shape[0]}×{image_shape[1]} images ({int(np.prod(image_shape))} pixels), "
             f"got {X.shape[-1]} features."
         )
-    return deskew_images(X, image_shape, high).reshape(X.shape)
+    return deskew_images(X, image_shape).reshape(X.shape)
 
 
 def run_preprocessing(dataset_name: str, deskew: bool) -> str:
@@ -163,7 +158,7 @@ def _dataset_features(name: str, preprocessing: str) -> tuple[np.ndarray, np.nda
     dataset = load_dataset(name)
     out = []
     for X in (dataset.X_train, dataset.X_test):
-        X = preprocess(X, preprocessing, dataset.image_shape, float(np.max(dataset.feature_high)))
+        X = preprocess(X, preprocessing, dataset.image_shape)
         X = np.array(X)
         X.setflags(write=False)
         out.append(X)
@@ -201,4 +196,4 @@ def record_preprocessing(model: Any, preprocessing: str) -> Any:
 
 def model_inputs(model: Any, X: np.ndarray, dataset: Dataset) -> np.ndarray:
     """Raw features of ``dataset`` turned into what ``model`` takes (its recorded preprocessing)."""
-    return preprocess(X, model_preprocessing(model), dataset.image_shape, float(np.max(dataset.feature_high)))
+    return preprocess(X, model_preprocessing(model), dataset.image_shape)

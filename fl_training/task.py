@@ -172,8 +172,7 @@ def client_data(
     if drawings_file or cfg.client_data:
         path = drawings_file or local_data.partition_file(cfg.client_data, partition_id)[0]
         X, y = local_data.load_drawings(path, dataset)
-        high = float(np.max(dataset.feature_high))
-        return local_data.split_drawings(preprocess(X, preprocessing, dataset.image_shape, high), y)
+        return local_data.split_drawings(preprocess(X, preprocessing, dataset.image_shape), y)
     X_train = dataset_features(dataset, preprocessing)[0]
     idx = partition_indices(cfg)[partition_id]
     n_val = int(len(idx) * LOCAL_VALIDATION_FRACTION)
