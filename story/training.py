@@ -67,9 +67,9 @@ class TrainingSteps(SessionCore):
         """
         with self._step("training"):
             dataset = load_dataset(cfg.dataset)
-            # Once per dataset and app (concurrent visitors wait for the one computation).
+            # Once per dataset, preprocessing and app (concurrent visitors wait for the one computation).
             try:
-                baseline: float | None = baseline_accuracy(cfg.dataset)
+                baseline: float | None = baseline_accuracy(cfg.dataset, deskew=cfg.deskew)
             except Exception as exc:  # the baseline is a comparison, not a requirement
                 logger.warning("baseline training failed: %s", exc)
                 baseline = None
