@@ -4,13 +4,14 @@
 2. ``python -m fl_training`` (fresh processes, mnist-5k, 10 clients × 5 rounds, seed 0) for the
    settings of ``bench_training.py`` (IID, Dirichlet α = 0.3, pathological with 2 labels per client,
    IID + DP), each ``--deskew`` and ``--no-deskew``, scored on the 1,000 held-out test images;
-3. drawn digits: the two IID models read sketchpad drawings of simulated writers
+3. drawn digits: the IID models, and the app's default (its form's ``quick`` preset, 5 clients ×
+   3 rounds), each with and without deskewing, read sketchpad drawings of simulated writers
    (``class_drawings.py``: digits in fonts, with each writer's own slant, rotation and stroke
    width, drawn as dark strokes on a transparent 280 × 280 canvas) through the app's own
    drawing preparation and the model's recorded preprocessing. No real handwriting ships
    offline: these are rendered digits, not people's pen strokes.
 
-    .venv/bin/python benchmarks/bench_deskew.py [--json] [--writers 40] [--skip-federated]
+    .venv/bin/python benchmarks/bench_deskew.py [--json] [--writers 40] [--skip-federated] [--settings iid]
 """
 
 from __future__ import annotations
@@ -30,11 +31,13 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_training import CLIENTS, DATASET, ROUNDS, SETTINGS  # noqa: E402
 
+from fl_training.config import PRESETS  # noqa: E402
 
-def federated(extra: list[str], model_path: Path) -> float:
+
+def federated(extra: list[str], model_path: Path, clients: int = CLIENTS, rounds: int = ROUNDS) -> float:
     """Test accuracy of one ``python -m fl_training`` run, its model written to ``model_path``."""
-    cmd = [sys.executable, "-m", "fl_training", "--dataset", DATASET, "--clients", str(CLIENTS), "--rounds",
-           str(ROUNDS), "--seed", "0", "--output", str(model_path), "--json", *extra]
+    cmd = [sys.executable, "-m", "fl_training", "--dataset", DATASET, "--clients", str(clients), "--rounds",
+           str(rounds), "--seed", "0", "--output", str(model_path), "--json", *extra]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
     return float(json.loads(proc.stdout.strip().splitlines()[-1])["accuracy"])
 
@@ -96,20 +99,31 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--writers", type=int, default=40)
     parser.add_argument("--skip-federated", action="store_true")
+    parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS),
+                        help="federated settings to run (iid is always run: the drawings need its models)")
     args = parser.parse_args()
     report: dict = {"central": central()}
     with tempfile.TemporaryDirectory() as tmp:
         if not args.skip_federated:
             rows = {}
             for name, extra in SETTINGS.items():
+                if name not in args.settings and name != "iid":
+                    continue
                 rows[name] = {}
                 for flag in ("--no-deskew", "--deskew"):
                     path = Path(tmp) / f"{name.replace(' ', '_').replace('/', '_')}{flag}.skops"
                     rows[name][flag.strip("-")] = federated([*extra, flag], path)
                     print(f"  {name} {flag}: {rows[name][flag.strip('-')]:.3f}", file=sys.stderr, flush=True)
             report["federated"] = rows
-            iid = Path(tmp) / "iid--no-deskew.skops", Path(tmp) / "iid--deskew.skops"
-            report["drawn"] = drawn({"no-deskew": iid[0], "deskew": iid[1]}, args.writers)
+            flags = ("--no-deskew", "--deskew")
+            models = {f"iid {flag.strip('-')}": Path(tmp) / f"iid{flag}.skops" for flag in flags}
+            quick = PRESETS["quick"]
+            for flag in flags:
+                path = Path(tmp) / f"quick{flag}.skops"
+                report["federated"].setdefault("app default (quick preset)", {})[flag.strip("-")] = federated(
+                    ["--partition", "iid", flag], path, quick.num_clients, quick.num_rounds)
+                models[f"app default {flag.strip('-')}"] = path
+            report["drawn"] = drawn(models, args.writers)
     if args.json:
         print(json.dumps(report, indent=2))
         return
@@ -119,7 +133,9 @@ def main() -> None:
         print(f"federated {name:32} raw {row['no-deskew']:.3f}  deskewed {row['deskew']:.3f}")
     if "drawn" in report:
         d = report["drawn"]
-        print(f"drawn digits ({d['drawings']} drawings) raw {d['no-deskew']:.3f}  deskewed {d['deskew']:.3f}")
+        for model in ("iid", "app default"):
+            print(f"drawn digits, {model} model ({d['drawings']} drawings): raw "
+                  f"{d[f'{model} no-deskew']:.3f}  deskewed {d[f'{model} deskew']:.3f}")
 
 
 if __name__ == "__main__":
