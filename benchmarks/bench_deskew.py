@@ -3,7 +3,8 @@
 1. the central baseline (a logistic regression on the whole training split) on mnist-5k and digits;
 2. ``python -m fl_training`` (fresh processes, mnist-5k, 10 clients × 5 rounds, seed 0) for the
    settings of ``bench_training.py`` (IID, Dirichlet α = 0.3, pathological with 2 labels per client,
-   IID + DP), each ``--deskew`` and ``--no-deskew``, scored on the 1,000 held-out test images;
+   IID + DP) and the app's DP preset (50 clients × 3 rounds), each ``--deskew`` and ``--no-deskew``,
+   scored on the 1,000 held-out test images;
 3. drawn digits: the IID models, and the app's default (its form's ``quick`` preset, 5 clients ×
    3 rounds), each with and without deskewing, read sketchpad drawings of simulated writers
    (``class_drawings.py``: digits in fonts, with each writer's own slant, rotation and stroke
@@ -123,6 +124,13 @@ def main() -> None:
                 report["federated"].setdefault("app default (quick preset)", {})[flag.strip("-")] = federated(
                     ["--partition", "iid", flag], path, quick.num_clients, quick.num_rounds)
                 models[f"app default {flag.strip('-')}"] = path
+            if "iid + DP (defaults)" in args.settings:  # the app's DP preset: DP needs many clients
+                dp = PRESETS["differential-privacy"]
+                report["federated"]["DP preset"] = {
+                    flag.strip("-"): federated(["--partition", "iid", "--dp", flag],
+                                               Path(tmp) / f"dp{flag}.skops", dp.num_clients, dp.num_rounds)
+                    for flag in flags
+                }
             report["drawn"] = drawn(models, args.writers)
     if args.json:
         print(json.dumps(report, indent=2))
