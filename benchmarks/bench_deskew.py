@@ -37,8 +37,23 @@ from fl_training.config import PRESETS  # noqa: E402
 
 def federated(extra: list[str], model_path: Path, clients: int = CLIENTS, rounds: int = ROUNDS) -> float:
     """Test accuracy of one ``python -m fl_training`` run, its model written to ``model_path``."""
-    cmd = [sys.executable, "-m", "fl_training", "--dataset", DATASET, "--clients", str(clients), "--rounds",
-           str(rounds), "--seed", "0", "--output", str(model_path), "--json", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "fl_training",
+        "--dataset",
+        DATASET,
+        "--clients",
+        str(clients),
+        "--rounds",
+        str(rounds),
+        "--seed",
+        "0",
+        "--output",
+        str(model_path),
+        "--json",
+        *extra,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
     return float(json.loads(proc.stdout.strip().splitlines()[-1])["accuracy"])
 
@@ -100,8 +115,13 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--writers", type=int, default=40)
     parser.add_argument("--skip-federated", action="store_true")
-    parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS),
-                        help="federated settings to run (iid is always run: the drawings need its models)")
+    parser.add_argument(
+        "--settings",
+        nargs="+",
+        choices=list(SETTINGS),
+        default=list(SETTINGS),
+        help="federated settings to run (iid is always run: the drawings need its models)",
+    )
     args = parser.parse_args()
     report: dict = {"central": central()}
     with tempfile.TemporaryDirectory() as tmp:
@@ -122,13 +142,18 @@ def main() -> None:
             for flag in flags:
                 path = Path(tmp) / f"quick{flag}.skops"
                 report["federated"].setdefault("app default (quick preset)", {})[flag.strip("-")] = federated(
-                    ["--partition", "iid", flag], path, quick.num_clients, quick.num_rounds)
+                    ["--partition", "iid", flag], path, quick.num_clients, quick.num_rounds
+                )
                 models[f"app default {flag.strip('-')}"] = path
             if "iid + DP (defaults)" in args.settings:  # the app's DP preset: DP needs many clients
                 dp = PRESETS["differential-privacy"]
                 report["federated"]["DP preset"] = {
-                    flag.strip("-"): federated(["--partition", "iid", "--dp", flag],
-                                               Path(tmp) / f"dp{flag}.skops", dp.num_clients, dp.num_rounds)
+                    flag.strip("-"): federated(
+                        ["--partition", "iid", "--dp", flag],
+                        Path(tmp) / f"dp{flag}.skops",
+                        dp.num_clients,
+                        dp.num_rounds,
+                    )
                     for flag in flags
                 }
             report["drawn"] = drawn(models, args.writers)
@@ -142,8 +167,10 @@ def main() -> None:
     if "drawn" in report:
         d = report["drawn"]
         for model in ("iid", "app default"):
-            print(f"drawn digits, {model} model ({d['drawings']} drawings): raw "
-                  f"{d[f'{model} no-deskew']:.3f}  deskewed {d[f'{model} deskew']:.3f}")
+            print(
+                f"drawn digits, {model} model ({d['drawings']} drawings): raw "
+                f"{d[f'{model} no-deskew']:.3f}  deskewed {d[f'{model} deskew']:.3f}"
+            )
 
 
 if __name__ == "__main__":
