@@ -24,6 +24,7 @@ from fhe_model.developer import DEFAULT_N_BITS
 from fl_training import local_data
 from fl_training.config import TrainingConfig
 from fl_training.drawings import DrawingError, drawing_to_features
+from fl_training.preprocessing import model_inputs
 from fl_training.simulation import TrainingResult
 from story.class_rules import ClassroomError, class_dataset, typed_code
 from story.class_training import ClassTrainings
@@ -226,11 +227,13 @@ class Classes:
         except DrawingError as exc:
             raise ClassroomError(str(exc)) from exc
         mnist = self.mnist_model()
+        # Each model reads the drawing preprocessed as it records (e.g. deskewed).
+        x_mnist, x_class = (model_inputs(m, x, class_dataset()) for m in (mnist, model))
         return {
-            "mnist_prediction": int(mnist.predict(x)[0]),
-            "class_prediction": int(model.predict(x)[0]),
-            "mnist_probabilities": np.round(mnist.predict_proba(x)[0], 4).tolist(),
-            "class_probabilities": np.round(model.predict_proba(x)[0], 4).tolist(),
+            "mnist_prediction": int(mnist.predict(x_mnist)[0]),
+            "class_prediction": int(model.predict(x_class)[0]),
+            "mnist_probabilities": np.round(mnist.predict_proba(x_mnist)[0], 4).tolist(),
+            "class_probabilities": np.round(model.predict_proba(x_class)[0], 4).tolist(),
         }
 
     def close_all(self) -> None:

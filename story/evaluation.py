@@ -10,6 +10,7 @@ from typing import Any
 from fhe_model.evaluation import EvaluationStopped, evaluate_encrypted
 from fhe_model.http_client import FHEServerError
 from fl_training.datasets import load_dataset
+from fl_training.preprocessing import model_inputs
 from fl_training.validation import whole_number
 from story import errors
 from story.base import SessionCore
@@ -100,7 +101,8 @@ class EvaluationSteps(SessionCore):
             model = self._require_model()
             dataset = load_dataset(model.dataset)
             X, y = dataset.X_test[:num_samples], dataset.y_test[:num_samples]
-            clear = model.model.predict(X)
+            # The client preprocesses each sample as its deployment records; the clear model alike.
+            clear = model.model.predict(model_inputs(model.model, X, dataset))
             counts = {"encrypted": 0, "clear": 0, "agreeing": 0}
 
             def after_sample(done: int, total: int, sample: Any) -> None:

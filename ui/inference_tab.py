@@ -261,8 +261,9 @@ def _preview(session: DemoSession | None, source: str, sample_index: Any, drawin
             return (gr.update(value=None, visible=True), hide,
                     f"Draw a digit; it is prepared like {dataset.name}'s own images ({shape} pixels, "
                     f"0–{high:g}).", sketch, *index_controls)
+        steps = "cropped, scaled, centred" + (", deskewed" if session.input_preprocessing == "deskew" else "")
         return (gr.update(value=figures.sample_image(x, dataset.image_shape, high), visible=True), hide,
-                f"Your drawing as the model sees it ({shape}, prepared like {dataset.name}'s images).",
+                f"Your drawing as the model sees it ({shape}: {steps}, like {dataset.name}'s images).",
                 sketch, *index_controls)
     try:
         x, label = session.sample(sample_index)
