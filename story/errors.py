@@ -24,6 +24,10 @@ SESSION_ENDED = (
     "This session has ended (the tab was closed or stayed idle too long) and its keys "
     "were deleted. Reload the page to start again."
 )
+SESSION_RECLAIMED = (
+    "This session was closed to make room for another visitor: the demo was full and it had been "
+    "idle for several minutes; its keys were deleted. Reload the page to start again."
+)
 
 #: What each missing step tells the visitor to do, in the order of the story.
 NEEDS_MODEL = (

@@ -76,10 +76,13 @@ class DemoContext:
     state: gr.State
     pipeline: gr.Markdown
 
-    def session(self, state: DemoSession | None, request: gr.Request | None) -> DemoSession:
-        """The caller's session (created on first use)."""
+    def session(
+        self, state: DemoSession | None, request: gr.Request | None, missing: str | None = None
+    ) -> DemoSession:
+        """The caller's session (created on first use; with ``missing``, never: a caller without one
+        is refused with that message, as a step needing a model would refuse)."""
         session_id = getattr(request, "session_hash", None) if request is not None else None
-        return self.registry.resolve(state, session_id)
+        return self.registry.resolve(state, session_id, missing=missing)
 
     def existing_session(self, state: DemoSession | None, request: gr.Request | None) -> DemoSession | None:
         """The caller's session if it has one (nothing is created: for views that only show)."""
