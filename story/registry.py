@@ -39,7 +39,12 @@ logger = logging.getLogger(__name__)
 
 #: A session idle for this long is wiped even if the tab never said goodbye.
 DEFAULT_IDLE_TTL_SECONDS = 3600.0
-#: Sessions alive at once. Sized from ``benchmarks/session_cost.py`` (README, "Bounds"): SESSION_COST_NOTE
+#: Sessions alive at once, sized from what one costs (``benchmarks/session_cost.py``, mnist-5k):
+#: an idle session < 5 KB; a full one (model, keys, ciphertexts, decryption, an evaluation) sharing
+#: the defaults' deployment 0.2 MB and 85 KB of disk; a full one with a compile of its own 7.6 MB in
+#: the app, 5.6 MB in the FHE server (which keeps at most 16 deployments) and 99 KB of disk. 256 of
+#: the costliest kind take ~2 GB besides the app's own 3.7–5 GB (README, "Memory"): well within a
+#: 16 GB Space, with room for compiles' and evaluations' peaks. CPU, not memory, limits a room.
 DEFAULT_MAX_SESSIONS = 256
 #: Environment variable: the session bound of this app (a whole number ≥ 1).
 MAX_SESSIONS_ENV = "FHE_DEMO_MAX_SESSIONS"
