@@ -347,7 +347,9 @@ class SessionRegistry:
                       if reclaimable(s)]
         if not candidates:
             return None
-        return self._sessions.pop(min(candidates)[2])
+        session_id = min(candidates)[2]
+        self.resumptions.forget_page(session_id)
+        return self._sessions.pop(session_id)
 
     def _pop_idle_locked(self) -> list[DemoSession]:
         now = self._clock()
@@ -355,6 +357,8 @@ class SessionRegistry:
             sid for sid, s in self._sessions.items()
             if s.closed or (not s.busy and now - s.last_used > self.idle_ttl_seconds)
         ]
+        for sid in stale:
+            self.resumptions.forget_page(sid)  # their pages' tokens expire with them
         return [self._sessions.pop(sid) for sid in stale]
 
     def get(self, session_id: str | None) -> DemoSession | None:
@@ -382,6 +386,7 @@ class SessionRegistry:
             return
         with self._lock:
             session = self._sessions.pop(session_id, None)
+        self.resumptions.forget_page(session_id)  # its page's token expires with it
         if session is not None:
             session.close()
 
