@@ -34,6 +34,7 @@ NEEDS_MODEL = (
     "No model yet: train one in tab 1 (Federated training → Start federated training) "
     "or upload a .skops model there first."
 )
+NO_MODEL_FILE = "No file: choose a .skops model file to upload."
 NEEDS_COMPILE = "The model is not compiled yet: run tab 2 (Convert & compile → Compile) first."
 NEEDS_KEYS = "No keys yet: run step ① Key generation first."
 NEEDS_ENCRYPTION = "Nothing is encrypted yet: run step ② Encryption first."

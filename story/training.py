@@ -18,7 +18,7 @@ from fl_training.simulation import TrainingResult
 from fl_training.task import baseline_accuracy
 from story.base import SessionCore
 from story.class_rules import CLASS_DATASET
-from story.errors import StepError
+from story.errors import NO_MODEL_FILE, StepError
 from story.shared_trainings import Joined
 from story.stages import Baseline, ModelStage
 
@@ -145,7 +145,7 @@ class TrainingSteps(SessionCore):
             If it is not a safe model that fits the dataset.
         """
         if path is None or not Path(path).is_file():
-            raise StepError("No file: choose a .skops model file to upload.")
+            raise StepError(NO_MODEL_FILE)
         dataset = load_dataset(dataset_name)
         with self._step("the upload"):
             model = load_model(path)  # audited against the allow-list before anything is built

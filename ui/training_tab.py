@@ -9,7 +9,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from story import Baseline, DemoSession, Joined, QueueStatus, forms
+from story import NO_MODEL_FILE, Baseline, DemoSession, Joined, QueueStatus, forms
 from ui import dp_panel, figures, training_form, updates_panel
 from ui.common import LIGHT, PROGRESS, REFRESH, TRAINING, DemoContext, pipeline_status
 from ui.errors import USER_ERRORS, user_errors
@@ -327,11 +327,10 @@ def _wire_upload(ctx: DemoContext, settings: Settings, results: Results, upload:
         request: gr.Request = None,
     ):
         """Use an uploaded .skops model instead of training (API: /upload_model)."""
-        session = ctx.session(state, request)
-        try:
-            summary = session.use_uploaded_model(file, dataset)
-        finally:
-            hold_upload(session, file)  # the upload is deleted with the session, used or refused
+        session = ctx.session(state, request, None if file else NO_MODEL_FILE)
+        # Another session's file is refused before anything reads it; an upload is deleted with the session.
+        hold_upload(session, file, ctx.demo.upload_file_set)
+        summary = session.use_uploaded_model(file, dataset)
         text = (
             f"✓ Using the uploaded model: **{summary['accuracy']:.1%}** test accuracy "
             f"on {summary['dataset']}. "
