@@ -307,6 +307,17 @@ class SessionCore:
             if self.closed:
                 self.close()
 
+    def _stop_if_closed(self) -> None:
+        """Between two units of a long step (a compile of the sweep, a wrong key): stop once the page closed.
+
+        Raises
+        ------
+        StepError
+            If the session was closed meanwhile (its page closed, or it was reclaimed).
+        """
+        if self.closed:
+            raise StepError(self.end_message or errors.SESSION_ENDED)
+
     # -- requirements, named after the step that provides them -------------
 
     def _require_model(self) -> ModelStage:

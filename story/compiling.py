@@ -79,7 +79,8 @@ class CompileSteps(SessionCore):
     ) -> list[dict[str, Any]]:
         """Compile the model at several ``n_bits`` and score each on a test subset.
 
-        The session's deployment is not changed.
+        The session's deployment is not changed. The sweep stops (no further
+        compile starts) once the session closes: its page was closed.
 
         Parameters
         ----------
@@ -100,9 +101,15 @@ class CompileSteps(SessionCore):
         """
         with self._step("the n_bits sweep"):
             stage = self._require_model()
+
+            def after_value(done: int, total: int) -> None:
+                self._stop_if_closed()  # its page closed: no further compile starts
+                if progress is not None:
+                    progress(done, total)
+
             reports = developer.n_bits_sweep(
                 stage.model, load_dataset(stage.dataset), n_bits_values,
-                calibration=calibration, samples=samples, progress=progress,
+                calibration=calibration, samples=samples, progress=after_value,
             )
             return [
                 {

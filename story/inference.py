@@ -363,12 +363,15 @@ class InferenceSteps(SessionCore):
                 "error": first.error,
             }
             if first.decrypted:
-                others = (self._decrypt_with_fresh_keys(stage, output.ciphertext) for _ in range(tries - 1))
-                wrong = [first.prediction] + [other.prediction for other in others]
+                wrong = [first.prediction]
+                for _ in range(tries - 1):
+                    self._stop_if_closed()  # its page closed: no further key is made
+                    wrong.append(self._decrypt_with_fresh_keys(stage, output.ciphertext).prediction)
                 dataset = load_dataset(model.dataset)
                 samples = min(samples, len(dataset.X_test))
                 private_right = wrong_right = 0
                 for i in range(samples):
+                    self._stop_if_closed()
                     ciphertext = keys.client.encrypt(dataset.X_test[i]).ciphertext
                     answer, _retried = self._predict(keys, ciphertext)
                     label = int(dataset.y_test[i])
