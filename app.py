@@ -37,7 +37,7 @@ from ui import (  # noqa: E402
     page,
     training_tab,
 )
-from ui.common import DemoContext, pipeline_status  # noqa: E402
+from ui.common import DemoContext, bound_queued_per_session, pipeline_status  # noqa: E402
 
 TITLE = "Private ML end to end: federated learning + encrypted inference"
 #: Gradio's cached files that no session holds (sample pictures, sketches) are
@@ -45,9 +45,14 @@ TITLE = "Private ML end to end: federated learning + encrypted inference"
 #: session holds go when it ends (see ``ui.files.serve_file``).
 DELETE_CACHE = (900, int(DEFAULT_IDLE_TTL_SECONDS))
 #: Sessions whose UI state Gradio keeps in memory (it keeps ~0.3-1 MB per session,
-#: closed ones included, up to 10,000 by default). Far more than 2 vCPUs serve at
-#: once; a session pushed out keeps its work, which ``story.SessionRegistry`` holds.
-STATE_SESSION_CAPACITY = 128
+#: closed ones included, up to 10,000 by default): as many as the registry's sessions
+#: (``story.registry.DEFAULT_MAX_SESSIONS``), at most ~256 MB; a session pushed out keeps
+#: its work, which ``story.SessionRegistry`` holds.
+STATE_SESSION_CAPACITY = 256
+#: Events waiting in Gradio's queue, all pages together: a lecture of 150 visitors, each with a
+#: step and the redraws it causes waiting (5 events), fits; one page alone holds at most
+#: ``ui.common.MAX_QUEUED_PER_SESSION`` of them.
+QUEUE_MAX_SIZE = 1024
 #: The page's styles: phone and projector layouts, tables, charts, tab 3's picture.
 CSS = (Path(__file__).parent / "ui" / "style.css").read_text()
 
@@ -92,8 +97,8 @@ def build_demo(registry: SessionRegistry | None = None) -> gr.Blocks:
         # A reload resumes the model and the class place; closing the tab deletes the private key.
         started = page.build(ctx, notice)
         classroom_tab.show_resumed_place(ctx, classroom, started, tabs)
-    # Room for a workshop of 30, each with a few events waiting.
-    demo.queue(max_size=128)
+    demo.queue(max_size=QUEUE_MAX_SIZE)
+    bound_queued_per_session(demo)  # one page cannot fill the queue for everyone
     demo.registry = registry  # type: ignore[attr-defined]
     return demo
 

@@ -34,11 +34,53 @@ POLLS = {"concurrency_limit": 8, "concurrency_id": "polls"}
 REFRESH = {"concurrency_limit": 8, "concurrency_id": "refresh", "show_progress": "hidden",
            "api_visibility": "private"}
 
+#: Events of one page waiting in the queue at once. A page's click queues one step, and the
+#: change it makes queues a redraw of each of the 4 panels that follow the status line: 5. Twice
+#: that, rounded up, leaves room for a double click; a script that queues more is told to wait,
+#: so that one page can never fill the queue (``demo.queue(max_size=...)``) for everyone.
+MAX_QUEUED_PER_SESSION = 12
+#: What such an event gets (Gradio answers it 503 and shows this message).
+QUEUED_PER_SESSION_FULL = (
+    "This page already has {count} events waiting in the queue (at most {limit}); wait for them "
+    "to finish, then retry."
+)
+
 #: Gradio spots a progress parameter by its default value; one shared instance
 #: is what a default argument is anyway (the callback is per call, in a context variable).
 PROGRESS = gr.Progress()
 
 ComponentT = TypeVar("ComponentT", bound=gr.components.Component)
+
+
+def bound_queued_per_session(demo: gr.Blocks, limit: int = MAX_QUEUED_PER_SESSION) -> None:
+    """Refuse an event when its page already has ``limit`` events waiting (after ``demo.queue()``).
+
+    Gradio bounds its queue as a whole only. Events waiting (not yet running)
+    are counted per UI session; past ``limit`` the event is refused as a full
+    queue is, with :data:`QUEUED_PER_SESSION_FULL`. (Patched on the instance,
+    as :func:`lenient` does.)
+
+    Parameters
+    ----------
+    demo : gr.Blocks
+        The demo, its queue configured.
+    limit : int
+        Waiting events allowed per page.
+    """
+    queue = demo._queue
+    push = queue.push
+
+    async def bounded_push(body: Any, request: Any, username: Any) -> Any:
+        session_hash = getattr(body, "session_hash", None)
+        if session_hash is not None:
+            waiting = sum(event.session_hash == session_hash
+                          for events in list(queue.event_queue_per_concurrency_id.values())
+                          for event in list(events.queue))
+            if waiting >= limit:
+                return False, QUEUED_PER_SESSION_FULL.format(count=waiting, limit=limit), "queue_full"
+        return await push(body, request, username)
+
+    queue.push = bounded_push  # type: ignore[method-assign]
 
 
 def _pass_through(payload: Any) -> Any:
