@@ -37,7 +37,7 @@ from ui import (  # noqa: E402
     page,
     training_tab,
 )
-from ui.common import DemoContext, bound_queued_per_session, pipeline_status  # noqa: E402
+from ui.common import MAX_THREADS, DemoContext, bound_queued_per_session, pipeline_status  # noqa: E402
 
 TITLE = "Private ML end to end: federated learning + encrypted inference"
 #: Gradio's cached files that no session holds (sample pictures, sketches) are
@@ -128,6 +128,7 @@ def launch_options(registry: SessionRegistry) -> dict[str, Any]:
                                       files.upload_space(MAX_MODEL_FILE_BYTES)]},
         "blocked_paths": [str(registry.keys_root)],
         "state_session_capacity": STATE_SESSION_CAPACITY,
+        "max_threads": MAX_THREADS,
         "show_error": True,
         # Gradio would otherwise keep every call's inputs and outputs (drawings, predictions, download
         # links) in the browser's local storage: the browser keeps only an opaque page token.

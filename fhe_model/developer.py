@@ -35,7 +35,7 @@ from fhe_model.deployment import (
 from fl_training.datasets import Dataset
 from fl_training.model_io import check_model, check_model_fits
 from fl_training.preprocessing import model_inputs, model_preprocessing
-from fl_training.validation import OneOf, SettingError, Whole, bound_from_env, check_settings
+from fl_training.validation import OneOf, Whole, check_settings
 
 if TYPE_CHECKING:
     from concrete.ml.sklearn import LogisticRegression as ConcreteLogisticRegression
@@ -64,14 +64,6 @@ COMPILE_CONSTRAINTS = {
 SWEEP_N_BITS: tuple[int, ...] = (2, 3, 4, 6, 8)
 SWEEP_SAMPLES = 200
 SWEEP_CALIBRATION_SAMPLES = 300
-#: A sweep's work: samples run through a circuit, ``len(n_bits_values) × (SWEEP_CALIBRATION_SAMPLES +
-#: samples)``. The app's sweep (5 values × (300 + 200)) is 2,500 and holds the app's one worker for
-#: heavy events for as long as five compiles (README: a compile of mnist takes 0.5 s alone, 2–7 s
-#: beside other visitors); the bound is twice that, so that no sweep holds it much longer.
-#: ``$FHE_DEMO_MAX_SWEEP_WORK`` replaces it (a local run).
-MAX_SWEEP_WORK = 5_000
-#: Environment variable: the largest work a sweep may ask for.
-MAX_SWEEP_WORK_ENV = "FHE_DEMO_MAX_SWEEP_WORK"
 
 
 @dataclass(frozen=True)
@@ -512,9 +504,8 @@ def n_bits_sweep(
     ValueError
         As :func:`compile_model`; invalid values are refused before anything compiles.
     """
-    # Every value, and the work of them all, is checked before anything compiles.
+    # Every value is checked before anything compiles.
     values = [check_compile_settings(n_bits, calibration)[0] for n_bits in n_bits_values]
-    check_sweep_work(len(values), samples)
     reports = []
     for n_bits in values:
         compiled = compile_model(
@@ -526,26 +517,6 @@ def n_bits_sweep(
         if progress is not None:
             progress(len(reports), len(values))
     return reports
-
-
-def check_sweep_work(n_values: int, samples: int) -> None:
-    """Refuse a sweep whose work is above ``$FHE_DEMO_MAX_SWEEP_WORK`` (default :data:`MAX_SWEEP_WORK`).
-
-    Raises
-    ------
-    SettingError
-        With the sweep's work, the largest allowed, what to lower and how to
-        raise the bound for a local run.
-    """
-    work = n_values * (SWEEP_CALIBRATION_SAMPLES + max(int(samples), 0))
-    allowed = bound_from_env(MAX_SWEEP_WORK_ENV, MAX_SWEEP_WORK)
-    if work > allowed:
-        raise SettingError(
-            f"This n_bits sweep is too much work: {n_values} values × ({SWEEP_CALIBRATION_SAMPLES} "
-            f"calibration + {samples} scored samples) = {work:,} samples through a circuit; the largest "
-            f"allowed is {allowed:,}. Sweep fewer values or score fewer samples. For a sweep on your own "
-            f"machine, raise the bound: start it with the environment variable {MAX_SWEEP_WORK_ENV}={work}."
-        )
 
 
 def save_deployment(

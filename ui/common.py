@@ -17,13 +17,24 @@ from story import DemoSession, Progress, SessionRegistry
 #: their place; visitors with equal settings share one run. So many handlers
 #: may wait at once, and a queue of its own keeps compiles from waiting behind them.
 TRAINING = {"concurrency_limit": 32, "concurrency_id": "training"}
-#: Compiles, one at a time (equal ones are shared, see story.shared_deployments).
-COMPILE = {"concurrency_limit": 1, "concurrency_id": "compile"}
+#: Compiles, two at a time: a compile is mostly single-threaded, so two different ones fill the 2
+#: cores (README: 30 different compiles behind one slot waited 26 s at p50); equal ones are shared
+#: (story.shared_deployments), and a visitor whose compile is already done is not held behind one
+#: that runs.
+COMPILE = {"concurrency_limit": 2, "concurrency_id": "compile"}
 #: Other heavy events (the n_bits sweep, batch evaluation) share one worker:
 #: on 2 vCPUs, two of them at once only make both slow.
 HEAVY = {"concurrency_limit": 1, "concurrency_id": "heavy"}
 #: The four steps take milliseconds to a second; a few may run at once.
 LIGHT = {"concurrency_limit": 4, "concurrency_id": "light"}
+#: Step ③ waits for the FHE server, which computes in its own process: a queue of its own, as wide
+#: as the server's compute slots (2 × its worker threads on 2 cores), so that waiting for it never
+#: holds a slot that keys, encryption or decryption could use meanwhile, and the server is never
+#: sent more than it can take at once (it would answer 503).
+FHE_SERVER = {"concurrency_limit": 4, "concurrency_id": "fhe-server"}
+#: Threads Gradio runs handlers on (``launch(max_threads=...)``, 40 by default): every queue's
+#: limit above can be in use at once, plus the page's own events that skip the queue.
+MAX_THREADS = 32 + 2 + 1 + 4 + 4 + 4 + 8 + 9
 #: A class's drawings: each takes a fraction of a second, and a room adds them all lesson long;
 #: a queue of their own keeps them from waiting behind key generation or encryption.
 CLASS_DRAWINGS = {"concurrency_limit": 4, "concurrency_id": "class-drawings"}

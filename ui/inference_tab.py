@@ -13,7 +13,17 @@ from story import NEEDS_MODEL, DemoSession
 from story.holdings import holdings
 from story.inference import INPUT_SOURCES
 from ui import figures
-from ui.common import LIGHT, PROGRESS, REFRESH, DemoContext, lenient, outdated, pipeline_status, remember
+from ui.common import (
+    FHE_SERVER,
+    LIGHT,
+    PROGRESS,
+    REFRESH,
+    DemoContext,
+    lenient,
+    outdated,
+    pipeline_status,
+    remember,
+)
 from ui.errors import USER_ERRORS, user_errors
 from ui.formatting import format_bytes
 from ui.holdings_view import holdings_html
@@ -372,7 +382,7 @@ def _wire_steps(ctx: DemoContext, inputs: InputPanel, steps: StepsPanel, results
         return views(session, seen, "server_output")
 
     steps.run.click(run_fhe, [ctx.state, shown], outputs("server_output"), api_name="run_fhe",
-                    show_progress_on=[steps.run_md], **LIGHT)
+                    show_progress_on=[steps.run_md], **FHE_SERVER)
 
     @user_errors
     def decrypt(state: DemoSession | None = None, seen: dict | None = None, request: gr.Request = None):

@@ -10,15 +10,10 @@ import time
 import pytest
 
 from fhe_model.connection import FHEServerHandle
-from fhe_model.developer import (
-    MAX_SWEEP_WORK,
-    MAX_SWEEP_WORK_ENV,
-    SWEEP_N_BITS,
-    SWEEP_SAMPLES,
-    check_sweep_work,
-)
+from fhe_model.developer import SWEEP_N_BITS, SWEEP_SAMPLES
 from fl_training.validation import SettingError
 from story import SessionRegistry, StepError
+from story.compiling import MAX_SWEEP_WORK, MAX_SWEEP_WORK_ENV, check_sweep_work
 from story.evaluation import MAX_EVALUATION_SAMPLES, MAX_EVALUATION_SAMPLES_ENV
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
