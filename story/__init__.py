@@ -15,15 +15,13 @@ Nothing here imports gradio: a test, a notebook or another UI can drive it.
 """
 
 from fl_training.runtime import QueueStatus
-from story.errors import NEEDS_MODEL, NO_MODEL_FILE, USER_ERRORS, StepError
+from story.errors import USER_ERRORS, StepError
 from story.registry import DEFAULT_IDLE_TTL_SECONDS, SessionRegistry
 from story.session import DemoSession
 from story.shared_trainings import Joined
 from story.stages import Baseline, Progress
 
 __all__ = [
-    "NEEDS_MODEL",
-    "NO_MODEL_FILE",
     "USER_ERRORS",
     "DEFAULT_IDLE_TTL_SECONDS",
     "Baseline",

@@ -27,6 +27,7 @@ from fl_training.config import (
     STRATEGIES,
     TRAINING_CONSTRAINTS,
     TrainingConfig,
+    check_fits_dataset,
 )
 from fl_training.datasets import DATASET_NAMES, DEFAULT_DATASET, load_dataset
 from fl_training.drawings import MAX_DRAWING_FILE_BYTES, MAX_DRAWING_IMAGES, check_image_file
@@ -85,6 +86,17 @@ def label_preview(**values: Any) -> tuple[np.ndarray, tuple[str, ...], TrainingC
     return label_distribution(cfg), tuple(load_dataset(cfg.dataset).class_names), cfg
 
 
+def check_runnable(cfg: TrainingConfig) -> None:
+    """Refuse a training the dataset cannot serve or past the work budget, before a session is opened for it.
+
+    Raises
+    ------
+    SettingError
+        As :func:`fl_training.config.check_fits_dataset` (the run's own entry checks it again).
+    """
+    check_fits_dataset(cfg, load_dataset(cfg.dataset))
+
+
 __all__ = [
     "CALIBRATION_MODES",
     "DATASET_NAMES",
@@ -104,6 +116,7 @@ __all__ = [
     "TRAINING_FORM",
     "TrainingConfig",
     "check_image_file",
+    "check_runnable",
     "class_rounds_bounds",
     "label_preview",
     "n_bits_bounds",

@@ -267,7 +267,7 @@ class SessionRegistry:
         return session
 
     def resolve(
-        self, session: DemoSession | None, session_id: str | None, *, missing: str | None = None
+        self, session: DemoSession | None, session_id: str | None, *, opens: bool = True
     ) -> DemoSession:
         """Return the caller's session, creating it on first use.
 
@@ -278,11 +278,12 @@ class SessionRegistry:
         session_id : str or None
             The UI framework's id of the browser session (a dictionary key,
             never part of a path).
-        missing : str, optional
-            For a step that cannot run without something a session builds (a
-            model): no session is created for a caller who has none, and
-            ``StepError(missing)`` is raised instead (a scripted ``/decrypt``
-            from a fresh client costs nothing).
+        opens : bool
+            False for a step that cannot succeed without something a session
+            built (a model): a caller who has no session gets a blank one that
+            is neither kept nor counted, on which the step refuses with its own
+            message (its values first, then the missing step); a scripted
+            ``/decrypt`` from a fresh client leaves nothing behind.
 
         Returns
         -------
@@ -294,8 +295,7 @@ class SessionRegistry:
         ------
         StepError
             If a new session would exceed ``max_sessions`` and none can be
-            reclaimed (nothing is created), or the caller has none and
-            ``missing`` is given.
+            reclaimed (nothing is created).
         """
         self._ensure_sweeper()
         with self._lock:
@@ -303,8 +303,8 @@ class SessionRegistry:
                 session = self._sessions.get(session_id)
             if session is not None and session.closed and session.reclaimed_empty:
                 session = None  # it held nothing: the page carries on with a fresh one
-            if session is None and missing is not None:
-                raise StepError(missing)
+            if session is None and not opens:
+                return self.new_session()  # blank, never registered: gone after the call
             known = session is not None and any(s is session for s in self._sessions.values())
             if session_id is not None and not known and (session is None or not session.closed):
                 self._make_room_locked()

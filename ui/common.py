@@ -130,12 +130,12 @@ class DemoContext:
     pipeline: gr.Markdown
 
     def session(
-        self, state: DemoSession | None, request: gr.Request | None, missing: str | None = None
+        self, state: DemoSession | None, request: gr.Request | None, opens: bool = True
     ) -> DemoSession:
-        """The caller's session (created on first use; with ``missing``, never: a caller without one
-        is refused with that message, as a step needing a model would refuse)."""
+        """The caller's session, created on first use (``opens=False``, for a step that needs a model:
+        a caller without one gets a blank session that is not kept, and the step refuses)."""
         session_id = getattr(request, "session_hash", None) if request is not None else None
-        return self.registry.resolve(state, session_id, missing=missing)
+        return self.registry.resolve(state, session_id, opens=opens)
 
     def existing_session(self, state: DemoSession | None, request: gr.Request | None) -> DemoSession | None:
         """The caller's session if it has one (nothing is created: for views that only show)."""

@@ -8,7 +8,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from story import NEEDS_MODEL, DemoSession
+from story import DemoSession
 from story.forms import DEFAULT_N_BITS, SWEEP_N_BITS, SWEEP_SAMPLES, n_bits_bounds
 from ui import figures
 from ui.common import COMPILE, HEAVY, REFRESH, DemoContext, lenient, outdated, pipeline_status, remember
@@ -164,7 +164,7 @@ def _wire_compile(ctx: DemoContext, panel: CompilePanel, shown: gr.State) -> Non
         request: gr.Request = None,
     ):
         """Compile the session's model (API: /compile)."""
-        session = ctx.session(state, request, NEEDS_MODEL)
+        session = ctx.session(state, request, opens=False)
         session.compile(n_bits, calibration)
         return (*_compile_view(session), session, pipeline_status(session),
                 remember(seen, session, "deployment"))
@@ -183,7 +183,7 @@ def _wire_sweep(ctx: DemoContext, calibration: gr.Radio, panel: SweepPanel, show
         request: gr.Request = None,
     ):
         """Accuracy at several n_bits (API: /n_bits_sweep)."""
-        session = ctx.session(state, request, NEEDS_MODEL)
+        session = ctx.session(state, request, opens=False)
         rows = session.n_bits_sweep(calibration=calibration)
         # The sweep belongs to the model it was run on: a new model clears it.
         seen = {**(seen or {}), "sweep": _model(session)}

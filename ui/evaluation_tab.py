@@ -7,7 +7,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from story import NEEDS_MODEL, DemoSession
+from story import DemoSession
 from story.evaluation import MAX_EVALUATION_SAMPLES, RunningScore
 from ui.common import HEAVY, PROGRESS, REFRESH, DemoContext, lenient, outdated, remember, run_in_thread
 from ui.errors import user_errors
@@ -106,7 +106,7 @@ def build(ctx: DemoContext) -> None:
         progress: gr.Progress = PROGRESS,
     ):
         """Encrypted batch evaluation (API: /evaluate_encrypted)."""
-        session = ctx.session(state, request, NEEDS_MODEL)
+        session = ctx.session(state, request, opens=False)
         latest: list[RunningScore] = []
         skip = gr.skip()
         yield skip, "Starting: encrypting the first samples …", skip, session

@@ -9,7 +9,7 @@ import gradio as gr
 import numpy as np
 import pandas as pd
 
-from story import NEEDS_MODEL, DemoSession
+from story import DemoSession
 from story.holdings import holdings
 from story.inference import INPUT_SOURCES
 from ui import figures
@@ -349,7 +349,7 @@ def _wire_steps(ctx: DemoContext, inputs: InputPanel, steps: StepsPanel, results
     @user_errors
     def keygen(state: DemoSession | None = None, seen: dict | None = None, request: gr.Request = None):
         """Step ①: keys (API: /keygen)."""
-        session = ctx.session(state, request, NEEDS_MODEL)
+        session = ctx.session(state, request, opens=False)
         session.generate_keys()
         return views(session, seen, "keys")
 
@@ -366,7 +366,7 @@ def _wire_steps(ctx: DemoContext, inputs: InputPanel, steps: StepsPanel, results
         request: gr.Request = None,
     ):
         """Step ②: encryption (API: /encrypt)."""
-        session = ctx.session(state, request, NEEDS_MODEL)
+        session = ctx.session(state, request, opens=False)
         session.encrypt(source, sample_index, drawing)
         return views(session, seen, "encrypted")
 
@@ -377,7 +377,7 @@ def _wire_steps(ctx: DemoContext, inputs: InputPanel, steps: StepsPanel, results
     @user_errors
     def run_fhe(state: DemoSession | None = None, seen: dict | None = None, request: gr.Request = None):
         """Step ③: the server computes on the ciphertext (API: /run_fhe)."""
-        session = ctx.session(state, request, NEEDS_MODEL)
+        session = ctx.session(state, request, opens=False)
         session.run_on_server()
         return views(session, seen, "server_output")
 
@@ -387,7 +387,7 @@ def _wire_steps(ctx: DemoContext, inputs: InputPanel, steps: StepsPanel, results
     @user_errors
     def decrypt(state: DemoSession | None = None, seen: dict | None = None, request: gr.Request = None):
         """Step ④: decryption (API: /decrypt)."""
-        session = ctx.session(state, request, NEEDS_MODEL)
+        session = ctx.session(state, request, opens=False)
         session.decrypt()
         return views(session, seen, "decrypted")
 
@@ -413,7 +413,7 @@ def _wire_wrong_key(ctx: DemoContext, steps: StepsPanel) -> None:
         state: DemoSession | None = None, request: gr.Request = None, progress: gr.Progress = PROGRESS,
     ):
         """Decrypt with someone else's keys, many times (API: /decrypt_wrong_key)."""
-        session = ctx.session(state, request, NEEDS_MODEL)
+        session = ctx.session(state, request, opens=False)
         result = session.decrypt_with_wrong_key(
             progress=lambda done, total: progress((done, total), desc="test samples with wrong keys")
         )

@@ -9,7 +9,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from story import NO_MODEL_FILE, Baseline, DemoSession, Joined, QueueStatus, forms
+from story import Baseline, DemoSession, Joined, QueueStatus, forms
 from ui import dp_panel, figures, training_form, updates_panel
 from ui.common import LIGHT, PROGRESS, REFRESH, TRAINING, DemoContext, pipeline_status
 from ui.errors import USER_ERRORS, user_errors
@@ -261,6 +261,7 @@ def _wire_training(ctx: DemoContext, settings: Settings, results: Results) -> No
             seed=seed, differential_privacy=differential_privacy, noise_multiplier=noise_multiplier,
             clipping_norm=clipping_norm, secure_aggregation=secure_aggregation,
         )
+        forms.check_runnable(cfg)  # refused before a session is opened for it
         session = ctx.session(state, request)
         history: list[Any] = []
         baseline = None
@@ -327,7 +328,7 @@ def _wire_upload(ctx: DemoContext, settings: Settings, results: Results, upload:
         request: gr.Request = None,
     ):
         """Use an uploaded .skops model instead of training (API: /upload_model)."""
-        session = ctx.session(state, request, None if file else NO_MODEL_FILE)
+        session = ctx.session(state, request, opens=bool(file))
         # Another session's file is refused before anything reads it; an upload is deleted with the session.
         hold_upload(session, file, ctx.demo.upload_file_set)
         summary = session.use_uploaded_model(file, dataset)

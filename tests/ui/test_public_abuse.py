@@ -7,25 +7,24 @@ fill it many times over.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import pytest
 from gradio_client.exceptions import AppError
 
-from tests.helpers import LaunchedApp, new_client, running_app, upload_model
+from tests.helpers import FakeClock, LaunchedApp, new_client, running_app, upload_model
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 
 #: Sessions the launched app allows at once.
 BOUND = 8
-#: Idleness after which its sessions may make room (seconds; the app's is minutes).
-RECLAIM_AFTER = 4.0
+#: The app's clock, moved by hand: idleness is measured on it (no sleeping, no race with a busy machine).
+CLOCK = FakeClock()
 
 
 @pytest.fixture(scope="module")
 def small_app() -> Iterator[LaunchedApp]:
-    with running_app(max_sessions=BOUND, reclaim_idle_seconds=RECLAIM_AFTER) as app:
+    with running_app(max_sessions=BOUND, clock=CLOCK) as app:
         yield app
 
 
@@ -49,11 +48,16 @@ def test_forty_failing_scripted_calls_then_a_new_visitor_works(small_app, model_
         "/evaluate_encrypted",
         "/decrypt_wrong_key",
         "/encrypt",
+        "/upload_model",
     ]
-    for k in range(40):  # each from a fresh client, as a script would; each fails: no model yet
+    for k in range(36):  # each from a fresh client, as a script would; each fails: no model (or file) yet
         api_name = calls[k % len(calls)]
-        with pytest.raises(AppError, match="No model yet"):
+        with pytest.raises(AppError, match="No model yet|No file"):
             new_client(small_app).predict(api_name=api_name)
+    too_much = {"num_clients": 100, "num_rounds": 100, "local_epochs": 20, "secure_aggregation": True}
+    for _ in range(4):  # a training past its work budget is refused before anything is opened for it
+        with pytest.raises(AppError, match="too much work"):
+            new_client(small_app).predict(**too_much, api_name="/train")
     assert len(small_app.registry) == 0, "a failing call left a session open"
     result = _visitor_decrypts(small_app, model_files["digits"])
     assert result["matches_clear"] and result["prediction"] == result["clear_prediction"]
@@ -67,13 +71,15 @@ def test_a_flood_of_scripted_sessions_pushes_out_its_own_never_an_active_visitor
     visitor = new_client(small_app)
     upload_model(visitor, model_files["digits"])
     flood = [new_client(small_app) for _ in range(BOUND - 1)]
-    for client in flood:  # the script fills every other place
+    for client in flood:  # the script fills every other place, one session a second
+        CLOCK.now += 1
         upload_model(client, model_files["digits"])
     with pytest.raises(AppError, match="at capacity"):  # all used just now: nobody is pushed out
         upload_model(new_client(small_app), model_files["digits"])
-    time.sleep(RECLAIM_AFTER / 2)
+    reclaim = registry.reclaim_idle_seconds
+    CLOCK.now += reclaim / 2
     visitor.predict(8, "data", api_name="/compile")  # the visitor keeps working
-    time.sleep(RECLAIM_AFTER / 2 + 0.5)
+    CLOCK.now += reclaim / 2 + 1
     # The script's sessions, idle longer than the visitor's, make room, the oldest first.
     more = [new_client(small_app) for _ in range(3)]
     for client in more:
