@@ -298,28 +298,33 @@ class SessionRegistry:
             reclaimed (nothing is created).
         """
         self._ensure_sweeper()
-        with self._lock:
-            if session is None and session_id is not None:
-                session = self._sessions.get(session_id)
-            if session is not None and session.closed and session.reclaimed_empty:
-                session = None  # it held nothing: the page carries on with a fresh one
-            if session is None and not opens:
-                return self.new_session()  # blank, never registered: gone after the call
-            known = session is not None and any(s is session for s in self._sessions.values())
-            if session_id is not None and not known and (session is None or not session.closed):
-                self._make_room_locked()
-            if session is None:
-                session = self.new_session()
-            if session_id is not None and not session.closed:
-                self._sessions[session_id] = session
-            session.last_used = self._clock()
-        return session
+        leaving: list[tuple[DemoSession, str | None, bool]] = []
+        try:
+            with self._lock:
+                if session is None and session_id is not None:
+                    session = self._sessions.get(session_id)
+                if session is not None and session.closed and session.reclaimed_empty:
+                    session = None  # it held nothing: the page carries on with a fresh one
+                if session is None and not opens:
+                    return self.new_session()  # blank, never registered: gone after the call
+                known = session is not None and any(s is session for s in self._sessions.values())
+                if session_id is not None and not known and (session is None or not session.closed):
+                    self._make_room_locked(leaving)
+                if session is None:
+                    session = self.new_session()
+                if session_id is not None and not session.closed:
+                    self._sessions[session_id] = session
+                session.last_used = self._clock()
+            return session
+        finally:  # wiping talks to the FHE server: never while holding the registry's lock
+            for gone, reason, empty in leaving:
+                gone.close(reason=reason, reclaimed_empty=empty)
 
-    def _make_room_locked(self) -> None:
+    def _make_room_locked(self, leaving: list[tuple[DemoSession, str | None, bool]]) -> None:
+        """Make room for one session; what must be wiped is added to ``leaving`` (wiped after the lock)."""
         if len(self._sessions) < self.max_sessions:
             return
-        for session in self._pop_idle_locked():
-            session.close()
+        leaving += [(session, None, False) for session in self._pop_idle_locked()]
         if len(self._sessions) < self.max_sessions:
             return
         reclaimed = self._pop_reclaimable_locked()
@@ -327,7 +332,7 @@ class SessionRegistry:
             empty = reclaimed.holds_nothing
             logger.info("reclaimed a session idle for %.0f s to make room (%s)",
                         self._clock() - reclaimed.last_used, "empty" if empty else "with a model or class")
-            reclaimed.close(reason=None if empty else SESSION_RECLAIMED, reclaimed_empty=empty)
+            leaving.append((reclaimed, None if empty else SESSION_RECLAIMED, empty))
             return
         logger.warning("refused a new session: %d sessions open, none idle", len(self._sessions))
         raise StepError(SESSIONS_FULL.format(count=len(self._sessions),
