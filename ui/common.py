@@ -32,9 +32,6 @@ LIGHT = {"concurrency_limit": 4, "concurrency_id": "light"}
 #: holds a slot that keys, encryption or decryption could use meanwhile, and the server is never
 #: sent more than it can take at once (it would answer 503).
 FHE_SERVER = {"concurrency_limit": 4, "concurrency_id": "fhe-server"}
-#: Threads Gradio runs handlers on (``launch(max_threads=...)``, 40 by default): every queue's
-#: limit above can be in use at once, plus the page's own events that skip the queue.
-MAX_THREADS = 32 + 2 + 1 + 4 + 4 + 4 + 8 + 9
 #: A class's drawings: each takes a fraction of a second, and a room adds them all lesson long;
 #: a queue of their own keeps them from waiting behind key generation or encryption.
 CLASS_DRAWINGS = {"concurrency_limit": 4, "concurrency_id": "class-drawings"}
@@ -44,6 +41,10 @@ POLLS = {"concurrency_limit": 8, "concurrency_id": "polls"}
 #: Redrawing panels from the session (no computation): never waits behind a step.
 REFRESH = {"concurrency_limit": 8, "concurrency_id": "refresh", "show_progress": "hidden",
            "api_visibility": "private"}
+#: Threads Gradio runs handlers on (``launch(max_threads=...)``, 40 by default): every queue's
+#: limit above can be in use at once, plus 8 for the events that skip the queue.
+MAX_THREADS = sum(queue["concurrency_limit"] for queue in (
+    TRAINING, COMPILE, HEAVY, LIGHT, FHE_SERVER, CLASS_DRAWINGS, POLLS, REFRESH)) + 8
 
 #: Events of one page waiting in the queue at once. A page's click queues one step, and the
 #: change it makes queues a redraw of each of the 4 panels that follow the status line: 5. Twice
