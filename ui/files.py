@@ -45,6 +45,12 @@ UPLOAD_SPACE_FULL = (
     "uploaded. Please retry in a few minutes."
 )
 
+#: While the folder is below half its bound, it is measured again at most this often (a class
+#: sends a few drawings a second: each would walk the whole folder); uploads in between are added up.
+RESCAN_SECONDS = 5.0
+
+_measured: dict[str, float] = {"at": float("-inf"), "total": 0}
+_measured_lock = threading.Lock()
 _held: dict[Path, int] = {}
 _held_by: dict[int, set[Path]] = {}
 _held_lock = threading.Lock()
@@ -138,6 +144,11 @@ def make_room(incoming: int, limit: int | None = None) -> bool:
         than :data:`UPLOAD_GRACE_SECONDS`).
     """
     limit = MAX_UPLOAD_SPACE_BYTES if limit is None else limit
+    with _measured_lock:  # far below the bound, a recent measure plus what arrived since will do
+        if (time.monotonic() - _measured["at"] < RESCAN_SECONDS
+                and _measured["total"] + incoming <= limit // 2):
+            _measured["total"] += incoming
+            return True
     folder = _gradio_folder()
     if not folder.is_dir():
         return incoming <= limit
@@ -148,11 +159,9 @@ def make_room(incoming: int, limit: int | None = None) -> bool:
                 info = path.stat()
                 found.append((info.st_mtime, path, info.st_size))
     total = sum(size for _mtime, _path, size in found)
-    if total + incoming <= limit:
-        return True
     young = time.time() - UPLOAD_GRACE_SECONDS
     with _held_lock:
-        for mtime, path, size in sorted(found):
+        for mtime, path, size in sorted(found) if total + incoming > limit else ():
             if total + incoming <= limit:
                 break
             if mtime > young or path.resolve() in _held:
@@ -161,7 +170,10 @@ def make_room(incoming: int, limit: int | None = None) -> bool:
             with contextlib.suppress(OSError):
                 path.parent.rmdir()  # its content-hash directory, once empty
             total -= size
-    return total + incoming <= limit
+    fits = total + incoming <= limit
+    with _measured_lock:
+        _measured.update(at=time.monotonic(), total=total + (incoming if fits else 0))
+    return fits
 
 
 def held_bytes() -> int:

@@ -37,6 +37,7 @@ class _Holder:
 @pytest.fixture()
 def folder(tmp_path, monkeypatch) -> Path:
     monkeypatch.setattr(files, "_gradio_folder", lambda: tmp_path.resolve())
+    monkeypatch.setattr(files, "_measured", {"at": float("-inf"), "total": 0})  # measured afresh
     return tmp_path.resolve()
 
 
@@ -68,6 +69,18 @@ def test_the_oldest_files_nobody_holds_make_room_first(folder):
     finally:
         holder.end()
     assert not held.exists()  # the session that held it ended
+
+
+def test_far_below_the_bound_the_folder_is_not_walked_for_every_upload(folder, monkeypatch):
+    _file(folder, "old-upload", 400, age=3000)
+    assert files.make_room(100, limit=10_000)  # measured: 400 + 100
+    walks: list[Path] = []
+    monkeypatch.setattr(files, "_gradio_folder", lambda: walks.append(folder) or folder)
+    for _ in range(20):  # a class's drawings arriving: 20 × 100 more, still below half the bound
+        assert files.make_room(100, limit=10_000)
+    assert walks == []
+    assert files.make_room(3000, limit=10_000)  # past half the bound: measured again
+    assert walks == [folder]
 
 
 def test_an_upload_past_the_bound_is_refused_with_what_to_do(launched_app, folder, monkeypatch):
