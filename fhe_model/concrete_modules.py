@@ -11,12 +11,63 @@ imports the three modules the roles use, in one order, one thread at a time
 
 from __future__ import annotations
 
+import ctypes
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable
 from types import ModuleType, SimpleNamespace
 
 from concurrency.imports import import_once
 
+logger = logging.getLogger(__name__)
+
 #: What the roles use, in the order they are imported.
 CONCRETE_MODULES = ("concrete.fhe", "concrete.ml.sklearn", "concrete.ml.deployment")
+#: Signals whose handling Concrete's dataflow runtime (HPX) takes over when it starts, measured by
+#: reading them with ``sigaction`` before and after ``concrete.compiler.init_dfr()``. Left to it, a
+#: browser that disconnects while the app writes to it (SIGPIPE) aborts the whole app, and Ctrl-C
+#: or a Space's SIGTERM no longer reach the app's own shutdown (which wipes every private key).
+RUNTIME_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGPIPE", "SIGINT", "SIGTERM", "SIGHUP", "SIGSEGV", "SIGBUS",
+                                       "SIGFPE", "SIGILL", "SIGABRT", "SIGUSR1") if hasattr(signal, name)
+)
+
+_runtime_lock = threading.Lock()
+_runtime_started = False
+
+
+class _SigAction(ctypes.Structure):
+    """glibc's ``struct sigaction`` on Linux (handler, 1024-bit mask, flags, restorer)."""
+
+    _fields_ = [("handler", ctypes.c_void_p), ("mask", ctypes.c_ulong * 16), ("flags", ctypes.c_int),
+                ("restorer", ctypes.c_void_p)]
+
+
+def start_runtime_keeping_signals(init: Callable[[], object]) -> None:
+    """Start Concrete's runtime once (``init``), then give every signal it took back its previous handler.
+
+    Concrete starts its runtime on the first compile anyway; starting it here, at a
+    known point, lets the process keep Python's handling of :data:`RUNTIME_SIGNALS`.
+    Outside Linux (where ``struct sigaction`` differs) the runtime starts on first use,
+    as Concrete does by itself.
+    """
+    global _runtime_started
+    with _runtime_lock:
+        if _runtime_started or not sys.platform.startswith("linux"):
+            return
+        libc = ctypes.CDLL(None, use_errno=True)
+        saved = {}
+        for number in RUNTIME_SIGNALS:
+            saved[number] = _SigAction()
+            libc.sigaction(int(number), None, ctypes.byref(saved[number]))
+        init()
+        for number, action in saved.items():
+            if libc.sigaction(int(number), ctypes.byref(action), None) != 0:
+                logger.warning("could not restore the handler of %s after Concrete's runtime started",
+                               signal.Signals(number).name)
+        _runtime_started = True
 
 
 def concrete() -> SimpleNamespace:
@@ -34,6 +85,7 @@ def concrete() -> SimpleNamespace:
         If Concrete cannot be imported (logged once; the next call tries afresh).
     """
     fhe, sklearn, deployment = import_once(*CONCRETE_MODULES)
+    start_runtime_keeping_signals(import_once("concrete.compiler")[0].init_dfr)
     return SimpleNamespace(
         fhe=fhe,
         LogisticRegression=sklearn.LogisticRegression,
