@@ -14,20 +14,13 @@ import segno
 from story import DemoSession
 from story.forms import DEFAULT_CLASS_ROUNDS, class_rounds_bounds
 from ui import figures
-from ui.common import CLASS_DRAWINGS, LIGHT, TRAINING, DemoContext, lenient, pipeline_status
+from ui.common import CLASS_DRAWINGS, LIGHT, TRAINING, DemoContext, lenient, pipeline_status, select_brush_js
 from ui.errors import user_errors
 from ui.files import serve_file
 from ui.inference_tab import BRUSH_PX, SKETCH_SIZE
 
 #: Selects the class sketchpad's brush (after joining, and after each drawing clears the canvas).
-SELECT_BRUSH_JS = """() => {
-  setTimeout(() => {
-    const sketch = document.querySelector("#class-sketch");
-    const brush = sketch && sketch.querySelector("button[aria-label='Brush'], button[title='Brush']");
-    if (brush) brush.click();
-  }, 400);
-  return [];
-}"""
+SELECT_BRUSH_JS = select_brush_js("class-sketch")
 #: How often the teacher's console refreshes (seconds): live on a projector, cheap for the app.
 CONSOLE_REFRESH_SECONDS = 3.0
 
@@ -247,6 +240,7 @@ def _wire_participant(ctx: DemoContext, p: Participant) -> None:
                        [p.result_json, p.prompt_md, p.label, p.counts, p.sketch, ctx.state],
                        api_name="class_add_drawing", show_progress="hidden", **CLASS_DRAWINGS
                        ).success(None, None, None, js=SELECT_BRUSH_JS)
+    p.sketch.clear(None, None, None, js=SELECT_BRUSH_JS)  # "Clear canvas" leaves no tool selected
 
     @user_errors
     def class_delete_drawings(state: DemoSession | None = None, request: gr.Request = None):

@@ -184,3 +184,33 @@ def pipeline_status(session: DemoSession | None) -> str:
         if progress.compiled:
             detail += f", compiled at n_bits={progress.n_bits}"
     return "**This session:** " + " · ".join(parts) + detail + f" <!-- revision {progress.revision} -->"
+
+
+def select_brush_js(elem_id: str) -> str:
+    """JavaScript that selects the brush of the sketchpad ``#elem_id`` once it shows.
+
+    Gradio's sketchpad starts, and is left after "Clear canvas" or a new value, with no tool
+    selected: strokes would then select text instead of drawing. The brush is clicked (only when
+    it is not already the selected tool) a few times over the next second and a half, because
+    the canvas may still be appearing.
+
+    Parameters
+    ----------
+    elem_id : str
+        The sketchpad's ``elem_id``.
+
+    Returns
+    -------
+    str
+        For an event's ``js=`` (it takes any inputs and returns none).
+    """
+    return f"""(...args) => {{
+  const select = () => {{
+    const sketch = document.getElementById({elem_id!r});
+    if (!sketch || sketch.offsetParent === null) return;
+    const brush = sketch.querySelector("button[aria-label='Brush'], button[title='Brush']");
+    if (brush && !brush.classList.contains("highlight")) brush.click();
+  }};
+  [150, 600, 1500].forEach(delay => setTimeout(select, delay));
+  return [];
+}}"""

@@ -121,7 +121,7 @@ def build(ctx: DemoContext) -> None:
 
     run_button.click(
         evaluate_encrypted, [num_samples, ctx.state], [result_json, status, table, ctx.state],
-        api_name="evaluate_encrypted", show_progress="minimal", show_progress_on=[status], **HEAVY,
+        api_name="evaluate_encrypted", show_progress="hidden", **HEAVY,
     )
 
     def refresh(state: DemoSession | None, seen: dict | None, request: gr.Request = None):

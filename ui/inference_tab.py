@@ -13,7 +13,17 @@ from story import DemoSession
 from story.holdings import holdings
 from story.inference import INPUT_SOURCES
 from ui import figures
-from ui.common import LIGHT, PROGRESS, REFRESH, DemoContext, lenient, outdated, pipeline_status, remember
+from ui.common import (
+    LIGHT,
+    PROGRESS,
+    REFRESH,
+    DemoContext,
+    lenient,
+    outdated,
+    pipeline_status,
+    remember,
+    select_brush_js,
+)
 from ui.errors import USER_ERRORS, user_errors
 from ui.formatting import format_bytes
 from ui.holdings_view import holdings_html
@@ -22,17 +32,8 @@ SKETCH_SIZE = 280
 #: Brush width on the 280-pixel sketchpad: a digit drawn across most of it then has
 #: strokes as thick, relative to its size, as MNIST's pen strokes.
 BRUSH_PX = 22
-#: Clicks the sketchpad's brush once it shows, so that drawing starts at once.
-SELECT_BRUSH_JS = """(source) => {
-  if (source === "drawing") {
-    setTimeout(() => {
-      const sketch = document.querySelector("#sketch");
-      const brush = sketch && sketch.querySelector("button[aria-label='Brush'], button[title='Brush']");
-      if (brush) brush.click();
-    }, 400);
-  }
-  return [];
-}"""
+#: Selects the sketchpad's brush once it shows, and again after "Clear canvas", so that a stroke draws.
+SELECT_BRUSH_JS = select_brush_js("sketch")
 
 
 def _short(identifier: str) -> str:
@@ -280,14 +281,25 @@ def _wire_preview(ctx: DemoContext, panel: InputPanel, tab: gr.Tab) -> None:
     def preview(
         source: str, sample_index: Any, drawing: Any, state: DemoSession | None, request: gr.Request = None,
     ):
-        return _preview(ctx.existing_session(state, request), source, sample_index, drawing)
+        session = ctx.existing_session(state, request)
+        # A new input makes the old one's ciphertext and results obsolete: the status line then
+        # changes, and the panels of steps ② to ④ empty (see _wire_refresh).
+        status = gr.skip()
+        try:
+            if session is not None and session.choose_input(source, sample_index, drawing):
+                status = pipeline_status(session)
+        except USER_ERRORS:
+            pass  # another step of this session runs; its own result redraws the panels
+        return (*_preview(session, source, sample_index, drawing), status)
 
     gr.on(
         [panel.source.change, panel.sample_index.change, panel.sketch.change, tab.select],
-        preview, [panel.source, panel.sample_index, panel.sketch, ctx.state], panel.preview_outputs(),
+        preview, [panel.source, panel.sample_index, panel.sketch, ctx.state],
+        [*panel.preview_outputs(), ctx.pipeline],
         api_visibility="private", trigger_mode="always_last", show_progress="hidden", **LIGHT,
     )
-    panel.source.change(None, [panel.source], None, js=SELECT_BRUSH_JS)
+    panel.source.change(None, None, None, js=SELECT_BRUSH_JS)
+    panel.sketch.clear(None, None, None, js=SELECT_BRUSH_JS)
 
     def random_sample(state: DemoSession | None, request: gr.Request = None) -> Any:
         session = ctx.existing_session(state, request)

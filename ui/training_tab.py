@@ -82,6 +82,24 @@ def waiting_text(status: QueueStatus) -> str:
     return f"Waiting for the training runtime: {ahead} ahead of you, about {status.eta_seconds:.0f} s."
 
 
+def done_text(rounds: int, clients: int, seconds: float, waited: float = 0.0) -> str:
+    """The end of a training: how long it ran, and first how long it waited for the runtime, if it did.
+
+    Parameters
+    ----------
+    rounds, clients : int
+        The run's settings.
+    seconds : float
+        How long the run itself took.
+    waited : float
+        How long it queued for the training runtime before its first round (0: it did not).
+    """
+    if waited >= 0.5:
+        return (f"✓ Done: {rounds} rounds with {clients} clients. Waited {waited:.1f} s for the training "
+                f"runtime, then ran in {seconds:.1f} s.")
+    return f"✓ Done: {rounds} rounds with {clients} clients in {seconds:.1f} s."
+
+
 def summary_markdown(summary: dict[str, Any]) -> str:
     """Accuracy beside the centralized baseline (and ε under differential privacy).
 
@@ -266,6 +284,7 @@ def _wire_training(ctx: DemoContext, settings: Settings, results: Results) -> No
         baseline = None
         shared_note = ""
         last_plot = 0.0
+        waiting_since, waited = 0.0, 0.0
         skip = gr.skip()
         progress(0, desc="Training the centralized baseline …")
         yield (skip, "… Training a centralized baseline for comparison …",
@@ -280,12 +299,12 @@ def _wire_training(ctx: DemoContext, settings: Settings, results: Results) -> No
                 shared_note = joined_text(item)
                 yield (skip, f"… {shared_note}", skip, skip, skip, skip, session, skip)
             elif isinstance(item, QueueStatus):
+                waiting_since = waiting_since or time.monotonic()
                 progress(0, desc=waiting_text(item))
                 yield (skip, f"… {waiting_text(item)}", skip, skip, skip, skip, session, skip)
             elif isinstance(item, dict):
                 summary = item
-                done = (f"✓ Done: {cfg.num_rounds} rounds with {cfg.num_clients} clients "
-                        f"in {summary['seconds']:.1f} s.")
+                done = done_text(cfg.num_rounds, cfg.num_clients, summary["seconds"], waited)
                 yield (
                     summary,
                     f"{done} {shared_note}".strip(),
@@ -298,6 +317,8 @@ def _wire_training(ctx: DemoContext, settings: Settings, results: Results) -> No
                 )
                 return
             else:
+                if waiting_since and not waited:  # the first round: the wait is over
+                    waited = time.monotonic() - waiting_since
                 history.append(item)
                 progress((item.round, cfg.num_rounds), desc=f"Round {item.round}/{cfg.num_rounds}")
                 text = f"… Round {item.round}/{cfg.num_rounds}: accuracy {item.accuracy:.1%}"
@@ -314,7 +335,8 @@ def _wire_training(ctx: DemoContext, settings: Settings, results: Results) -> No
         train, settings.inputs() + [ctx.state],
         [results.summary_json, results.status, results.curves, results.log, results.summary_md,
          results.model_file, ctx.state, ctx.pipeline],
-        api_name="train", show_progress="full", show_progress_on=[results.status], **TRAINING,
+        # The handler's own status line says what runs (unfaded, nothing printed over it).
+        api_name="train", show_progress="hidden", **TRAINING,
     )
 
 
