@@ -157,6 +157,7 @@ def _participant_panel() -> Participant:
                 brush=gr.Brush(default_size=BRUSH_PX, colors=["#000000"], color_mode="fixed"),
                 layers=False, transforms=(), elem_id="class-sketch",
             )
+            sketch.clear(None, None, None, js=SELECT_BRUSH_JS)  # "Clear canvas" leaves no tool selected
             with gr.Row():
                 label = lenient(gr.Number(value=0, precision=0, minimum=0, maximum=9, label="Its digit"))
                 add_button = gr.Button("Add this drawing", variant="primary")
@@ -240,7 +241,6 @@ def _wire_participant(ctx: DemoContext, p: Participant) -> None:
                        [p.result_json, p.prompt_md, p.label, p.counts, p.sketch, ctx.state],
                        api_name="class_add_drawing", show_progress="hidden", **CLASS_DRAWINGS
                        ).success(None, None, None, js=SELECT_BRUSH_JS)
-    p.sketch.clear(None, None, None, js=SELECT_BRUSH_JS)  # "Clear canvas" leaves no tool selected
 
     @user_errors
     def class_delete_drawings(state: DemoSession | None = None, request: gr.Request = None):

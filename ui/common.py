@@ -214,3 +214,58 @@ def select_brush_js(elem_id: str) -> str:
   [150, 600, 1500].forEach(delay => setTimeout(select, delay));
   return [];
 }}"""
+
+
+#: Elements that stay at the top of the window while the page scrolls (tab 3's client | server picture).
+PINNED_CLASS = "pinned"
+
+
+def scroll_to_js(elem_id: str) -> str:
+    """JavaScript that scrolls the page until the start of ``#elem_id`` is in view, if it is not.
+
+    The element's top is brought just below whatever is pinned to the top of the window
+    (:data:`PINNED_CLASS`), so that a result never lands under it or out of sight.
+
+    Parameters
+    ----------
+    elem_id : str
+        The result's ``elem_id``.
+
+    Returns
+    -------
+    str
+        For an event's ``js=`` (it takes any inputs and returns none).
+    """
+    return f"""(...args) => {{
+  const target = document.getElementById({elem_id!r});
+  if (!target || target.offsetParent === null) return [];
+  let top = 8;
+  document.querySelectorAll(".{PINNED_CLASS}").forEach(pinned => {{
+    if (pinned.offsetParent !== null && getComputedStyle(pinned).position === "sticky") {{
+      top = Math.max(top, pinned.getBoundingClientRect().bottom + 8);
+    }}
+  }});
+  const start = target.getBoundingClientRect().top;
+  if (start < top || start > window.innerHeight - 120) {{
+    window.scrollBy({{top: start - top, behavior: "instant"}});
+  }}
+  return [];
+}}"""
+
+
+def show_result(event: Any, elem_id: str) -> None:
+    """Once ``event`` (a button's click) has finished, scroll its result ``#elem_id`` into view.
+
+    Parameters
+    ----------
+    event : gradio Dependency
+        What ``button.click(...)`` returned.
+    elem_id : str
+        Where the event's result (or its error) is shown.
+    """
+    event.then(None, None, None, js=scroll_to_js(elem_id), queue=False, api_visibility="private")
+
+
+def show_progress_of(button: gr.Button, elem_id: str) -> None:
+    """When ``button`` is pressed, scroll to ``#elem_id``, where its progress and result will show."""
+    button.click(None, None, None, js=scroll_to_js(elem_id), queue=False, api_visibility="private")

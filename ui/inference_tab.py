@@ -15,6 +15,7 @@ from story.inference import INPUT_SOURCES
 from ui import figures
 from ui.common import (
     LIGHT,
+    PINNED_CLASS,
     PROGRESS,
     REFRESH,
     DemoContext,
@@ -23,6 +24,7 @@ from ui.common import (
     pipeline_status,
     remember,
     select_brush_js,
+    show_result,
 )
 from ui.errors import USER_ERRORS, user_errors
 from ui.formatting import format_bytes
@@ -207,24 +209,24 @@ def _input_panel() -> InputPanel:
 def _steps_panel() -> StepsPanel:
     with gr.Group():
         keygen = gr.Button("① Generate keys", variant="primary")
-        keygen_md = gr.Markdown(elem_classes=["step-result"])
+        keygen_md = gr.Markdown(elem_classes=["step-result"], elem_id="keygen-result")
     with gr.Group():
         encrypt = gr.Button("② Encrypt the input", variant="primary")
-        encrypt_md = gr.Markdown(elem_classes=["step-result"])
+        encrypt_md = gr.Markdown(elem_classes=["step-result"], elem_id="encrypt-result")
         quantized_picture = gr.Image(
             label="Quantized input (what gets encrypted)", show_label=False, type="numpy", image_mode="L",
             interactive=False, height=160, buttons=[],
         )
     with gr.Group():
         run = gr.Button("③ Run on the FHE server", variant="primary")
-        run_md = gr.Markdown(elem_classes=["step-result"])
+        run_md = gr.Markdown(elem_classes=["step-result"], elem_id="run-result")
     with gr.Group():
         decrypt = gr.Button("④ Decrypt the result", variant="primary")
-        decrypt_md = gr.Markdown(elem_classes=["step-result"])
+        decrypt_md = gr.Markdown(elem_classes=["step-result"], elem_id="decrypt-result")
         probabilities_plot = gr.Plot(label="Class probabilities", format="png", show_label=False)
     with gr.Accordion("What does someone with the wrong key get?", open=False):
         wrong_key = gr.Button("Decrypt with freshly generated (wrong) keys")
-        wrong_key_md = gr.Markdown(elem_classes=["step-result"])
+        wrong_key_md = gr.Markdown(elem_classes=["step-result"], elem_id="wrong-key-result")
         wrong_key_plot = gr.Plot(label="Wrong keys", format="png", show_label=False)
         wrong_key_json = gr.JSON(visible=False)
     return StepsPanel(keygen, keygen_md, encrypt, quantized_picture, encrypt_md, run, run_md, decrypt,
@@ -354,8 +356,8 @@ def _wire_steps(ctx: DemoContext, inputs: InputPanel, steps: StepsPanel, results
         session.generate_keys()
         return views(session, seen, "keys")
 
-    steps.keygen.click(keygen, [ctx.state, shown], outputs("keys"), api_name="keygen",
-                       show_progress_on=[steps.keygen_md], **LIGHT)
+    show_result(steps.keygen.click(keygen, [ctx.state, shown], outputs("keys"), api_name="keygen",
+                                   show_progress_on=[steps.keygen_md], **LIGHT), "keygen-result")
 
     @user_errors
     def encrypt(
@@ -371,9 +373,11 @@ def _wire_steps(ctx: DemoContext, inputs: InputPanel, steps: StepsPanel, results
         session.encrypt(source, sample_index, drawing)
         return views(session, seen, "encrypted")
 
-    steps.encrypt.click(encrypt, [inputs.sample_index, inputs.source, inputs.sketch, ctx.state, shown],
-                        outputs("encrypted"), api_name="encrypt", show_progress_on=[steps.encrypt_md],
-                        **LIGHT)
+    encrypting = steps.encrypt.click(
+        encrypt, [inputs.sample_index, inputs.source, inputs.sketch, ctx.state, shown], outputs("encrypted"),
+        api_name="encrypt", show_progress_on=[steps.encrypt_md], **LIGHT,
+    )
+    show_result(encrypting, "encrypt-result")
 
     @user_errors
     def run_fhe(state: DemoSession | None = None, seen: dict | None = None, request: gr.Request = None):
@@ -382,8 +386,8 @@ def _wire_steps(ctx: DemoContext, inputs: InputPanel, steps: StepsPanel, results
         session.run_on_server()
         return views(session, seen, "server_output")
 
-    steps.run.click(run_fhe, [ctx.state, shown], outputs("server_output"), api_name="run_fhe",
-                    show_progress_on=[steps.run_md], **LIGHT)
+    show_result(steps.run.click(run_fhe, [ctx.state, shown], outputs("server_output"), api_name="run_fhe",
+                                show_progress_on=[steps.run_md], **LIGHT), "run-result")
 
     @user_errors
     def decrypt(state: DemoSession | None = None, seen: dict | None = None, request: gr.Request = None):
@@ -392,8 +396,8 @@ def _wire_steps(ctx: DemoContext, inputs: InputPanel, steps: StepsPanel, results
         session.decrypt()
         return views(session, seen, "decrypted")
 
-    steps.decrypt.click(decrypt, [ctx.state, shown], outputs("decrypted"), api_name="decrypt",
-                        show_progress_on=[steps.decrypt_md], **LIGHT)
+    show_result(steps.decrypt.click(decrypt, [ctx.state, shown], outputs("decrypted"), api_name="decrypt",
+                                    show_progress_on=[steps.decrypt_md], **LIGHT), "decrypt-result")
 
 
 def _quantized_picture(session: DemoSession) -> np.ndarray | None:
@@ -420,10 +424,10 @@ def _wire_wrong_key(ctx: DemoContext, steps: StepsPanel) -> None:
         )
         return _wrong_key_view(session, result)
 
-    steps.wrong_key.click(
+    show_result(steps.wrong_key.click(
         wrong_key, [ctx.state], [steps.wrong_key_json, steps.wrong_key_md, steps.wrong_key_plot],
         api_name="decrypt_wrong_key", show_progress_on=[steps.wrong_key_md], **LIGHT,
-    )
+    ), "wrong-key-result")
 
 
 def _wrong_key_view(session: DemoSession, result: dict[str, Any]) -> tuple[Any, str, Any]:
@@ -525,15 +529,18 @@ def build(ctx: DemoContext, tab: gr.Tab) -> None:
         "The **client** role runs on this app's host, for you: it generates your private key, keeps it in a "
         "directory of its own, encrypts and decrypts. The **FHE server** is a separate service: it computes "
         "on ciphertexts it cannot read. Your browser only shows the results. Run the four steps in order "
-        "and watch what each side holds."
+        "and watch what each side holds.",
+        elem_id="inference-intro",
     )
     shown = gr.State({})
-    diagram = gr.HTML(_diagram(None), elem_id="holdings")
     with gr.Row():
         with gr.Column(scale=2, min_width=300):
             inputs = _input_panel()
         with gr.Column(scale=3, min_width=320):
             steps = _steps_panel()
+    # After the steps in the page, so that step ① is near the top on a phone; on a wider screen the
+    # style sheet shows it above them and keeps it in view while the steps scroll by (ui/style.css).
+    diagram = gr.HTML(_diagram(None), elem_id="holdings", elem_classes=[PINNED_CLASS])
     results = _step_results()
     _wire_preview(ctx, inputs, tab)
     _wire_steps(ctx, inputs, steps, results, diagram, shown)
