@@ -179,6 +179,7 @@ def _results_panel(distribution_plot: gr.Plot, distribution_note: gr.Markdown) -
         with gr.Column(scale=3):
             log = gr.Dataframe(
                 headers=ROUND_LOG_COLUMNS, label="Round log", interactive=False, max_height=260,
+                elem_id="round-log",
             )
         with gr.Column(scale=2):
             summary_md = gr.Markdown()
