@@ -373,3 +373,11 @@ def test_compile_works_from_any_thread_without_a_ui_workaround(trained, app):
         thread.start()
         thread.join(120)
     assert [summary["n_bits"] for summary, *_ in outcomes] == [4, 5]
+
+
+def test_a_queued_training_says_how_long_it_waited_and_how_long_it_ran():
+    from ui.training_tab import done_text
+
+    assert done_text(3, 5, 1.6, waited=22.4) == (
+        "✓ Done: 3 rounds with 5 clients. Waited 22.4 s for the training runtime, then ran in 1.6 s.")
+    assert done_text(3, 5, 1.6) == "✓ Done: 3 rounds with 5 clients in 1.6 s."
