@@ -228,12 +228,22 @@ def _wire_refresh(
         if seen.get("sweep", 0) not in (0, _model(session)):
             sweep_values = (None, pd.DataFrame(columns=SWEEP_COLUMNS))
             new_seen["sweep"] = 0
-        return (*compile_values, *sweep_values, new_seen)
+        return (*compile_values, *sweep_values, *_resumed_settings(session, seen), new_seen)
 
     ctx.pipeline.change(
         refresh, [ctx.state, shown],
-        [*compile_panel.result_outputs(), sweep_panel.plot, sweep_panel.table, shown], **REFRESH,
+        [*compile_panel.result_outputs(), sweep_panel.plot, sweep_panel.table, compile_panel.n_bits,
+         compile_panel.calibration, shown], **REFRESH,
     )
+
+
+def _resumed_settings(session: DemoSession | None, seen: dict) -> tuple:
+    """The form's n_bits and calibration for a deployment a reloaded page resumed (else unchanged)."""
+    deployment = session.deployment if session is not None else None
+    if deployment is None or not deployment.resumed or not outdated(seen, session, "deployment"):
+        return gr.skip(), gr.skip()
+    report = deployment.compiled.report
+    return report.n_bits, report.calibration
 
 
 def build(ctx: DemoContext) -> None:

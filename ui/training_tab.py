@@ -174,7 +174,7 @@ class Upload:
 def _results_panel(distribution_plot: gr.Plot, distribution_note: gr.Markdown) -> Results:
     status = gr.Markdown("Press **Start federated training**.", elem_id="train-status")
     with gr.Row():
-        curves = gr.Plot(label="Accuracy and loss per round (live)", format="png")
+        curves = gr.Plot(label="Accuracy and loss per round (live)", format="png", elem_id="training-curves")
     with gr.Row():
         with gr.Column(scale=3):
             log = gr.Dataframe(

@@ -390,7 +390,7 @@ def test_a_failed_training_is_announced_and_leaves_the_current_model_on_screen(d
     expect(page.get_by_text(summary)).to_be_visible()
     assert page.locator("#model-file a[href]").first.get_attribute("href")
     assert page.locator("#round-log .virtual-row").count() == 3  # the digits run's rounds 0, 1, 2
-    expect(page.locator("[data-testid='matplotlib'] img:visible").nth(1)).to_be_visible()
+    expect(page.locator("#training-curves img")).to_be_visible()
     text = page.locator("body").inner_text()
     assert str(tmp_path) not in text and "/root" not in text and "scikit_learn_data" not in text
     assert model  # the previous download is still offered
@@ -584,8 +584,7 @@ def test_a_reload_resumes_the_model_and_deployment_with_a_new_private_key(deskto
     assert page.get_by_label("number input for Clients").input_value() == "3"  # the form's default is 5
     assert page.get_by_label("number input for Rounds").input_value() == "2"
     assert "mnist-5k" in page.get_by_label("Dataset").input_value()
-    curves = page.locator(".block", has_text="Accuracy and loss per round").locator("img")
-    expect(curves.first).to_be_visible()
+    expect(page.locator("#training-curves img")).to_be_visible()
     open_tab(page, TABS[1])
     expect(page.get_by_text("Your compiled model from before the page reload")).to_be_visible(timeout=30_000)
     open_tab(page, TABS[2])
