@@ -390,13 +390,16 @@ def _wire_training(ctx: DemoContext, settings: Settings, results: Results, shown
             raise error from exc
 
     show_progress_of(settings.start, "train-status")
-    settings.start.click(
-        train, [*settings.inputs(), ctx.state, shown],
-        [results.summary_json, results.status, results.curves, results.log, results.summary_md,
-         results.model_file, ctx.state, ctx.pipeline, shown],
+    shows = [results.summary_json, results.status, results.curves, results.log, results.summary_md,
+             results.model_file]
+    training = settings.start.click(
+        train, [*settings.inputs(), ctx.state, shown], [*shows, ctx.state, ctx.pipeline, shown],
         # The handler's own status line says what runs (unfaded, nothing printed over it).
         api_name="train", show_progress="hidden", **TRAINING,
     )
+    # A failed training already shows the current model again under its reason (and a pop-up):
+    # the Error badges Gradio puts on its outputs would only say that the model shown failed.
+    training.failure(lambda: (gr.skip(),) * len(shows), None, shows, **REFRESH)
 
 
 def _wire_refresh(ctx: DemoContext, settings: Settings, results: Results, shown: gr.State) -> None:

@@ -386,6 +386,8 @@ def test_a_failed_training_is_announced_and_leaves_the_current_model_on_screen(d
     failed = page.get_by_text(re.compile(r"✗ Training failed: Full MNIST could not be downloaded"))
     expect(failed).to_be_visible(timeout=60_000)
     assert in_view(page, "#train-status")
+    # No Error badge claims that the model shown failed: the reason is in the status line (and a pop-up).
+    expect(page.locator("[data-testid='status-tracker'] .error")).to_have_count(0, timeout=10_000)
     # The tab shows the current model again: its summary, chart, round log and download; no host path.
     expect(page.get_by_text(summary)).to_be_visible()
     assert page.locator("#model-file a[href]").first.get_attribute("href")
@@ -404,6 +406,7 @@ def test_wrong_keys_yield_random_numbers_and_chance_level_answers(desktop):
     from playwright.sync_api import expect
 
     page = desktop
+    open_tab(page, TABS[2])
     page.get_by_text("What does someone with the wrong key get?").click()
     page.get_by_role("button", name="Decrypt with freshly generated (wrong) keys").click()
     summary = page.get_by_text(re.compile(r"Over 20 test samples"))
