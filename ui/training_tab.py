@@ -399,7 +399,8 @@ def _wire_training(ctx: DemoContext, settings: Settings, results: Results, shown
     )
     # A failed training already shows the current model again under its reason (and a pop-up):
     # the Error badges Gradio puts on its outputs would only say that the model shown failed.
-    training.failure(lambda: (gr.skip(),) * len(shows), None, shows, **REFRESH)
+    badged = [*shows, ctx.pipeline]
+    training.failure(lambda: (gr.skip(),) * len(badged), None, badged, **REFRESH)
 
 
 def _wire_refresh(ctx: DemoContext, settings: Settings, results: Results, shown: gr.State) -> None:
