@@ -39,6 +39,8 @@ def walk(page, prefix: str = "") -> None:
 
     def shot(name: str) -> None:
         page.wait_for_timeout(800)
+        page.evaluate("window.scrollTo(0, 0)")  # tab 3's picture sticks where the window was scrolled to
+        page.wait_for_timeout(300)
         page.screenshot(path=str(HERE / f"{prefix}{name}.png"), full_page=True)
 
     page.get_by_role("button", name="Start federated training").click()
