@@ -31,12 +31,13 @@ from ui import (  # noqa: E402
     classroom_tab,
     compile_tab,
     evaluation_tab,
+    files,
     image_guard,
     inference_tab,
     page,
     training_tab,
 )
-from ui.common import DemoContext, pipeline_status  # noqa: E402
+from ui.common import MAX_THREADS, DemoContext, bound_queued_per_session, pipeline_status  # noqa: E402
 
 TITLE = "Private ML end to end: federated learning + encrypted inference"
 #: Gradio's cached files that no session holds (sample pictures, sketches) are
@@ -44,9 +45,14 @@ TITLE = "Private ML end to end: federated learning + encrypted inference"
 #: session holds go when it ends (see ``ui.files.serve_file``).
 DELETE_CACHE = (900, int(DEFAULT_IDLE_TTL_SECONDS))
 #: Sessions whose UI state Gradio keeps in memory (it keeps ~0.3-1 MB per session,
-#: closed ones included, up to 10,000 by default). Far more than 2 vCPUs serve at
-#: once; a session pushed out keeps its work, which ``story.SessionRegistry`` holds.
-STATE_SESSION_CAPACITY = 128
+#: closed ones included, up to 10,000 by default): as many as the registry's sessions
+#: (``story.registry.DEFAULT_MAX_SESSIONS``), at most ~256 MB; a session pushed out keeps
+#: its work, which ``story.SessionRegistry`` holds.
+STATE_SESSION_CAPACITY = 256
+#: Events waiting in Gradio's queue, all pages together: a lecture of 150 visitors, each with a
+#: step and the redraws it causes waiting (5 events), fits; one page alone holds at most
+#: ``ui.common.MAX_QUEUED_PER_SESSION`` of them.
+QUEUE_MAX_SIZE = 1024
 #: The page's styles: phone and projector layouts, tables, charts, tab 3's picture.
 CSS = (Path(__file__).parent / "ui" / "style.css").read_text()
 
@@ -75,7 +81,7 @@ def build_demo(registry: SessionRegistry | None = None) -> gr.Blocks:
         pipeline = gr.Markdown(pipeline_status(None), elem_id="pipeline")
         notice = gr.Markdown(elem_id="notice")
         ctx = DemoContext(demo=demo, registry=registry, state=state, pipeline=pipeline)
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
             with gr.Tab("1 · Federated training", id="train"):
                 training_tab.build(ctx)
             with gr.Tab("2 · Convert & compile", id="compile"):
@@ -85,12 +91,14 @@ def build_demo(registry: SessionRegistry | None = None) -> gr.Blocks:
             with gr.Tab("4 · Encrypted evaluation", id="evaluation"):
                 evaluation_tab.build(ctx)
             with gr.Tab("5 · Classroom", id="classroom"):
-                classroom_tab.build(ctx)
+                classroom = classroom_tab.build(ctx)
             with gr.Tab("6 · About", id="about"):
                 about_tab.build()
-        page.build(ctx, notice)  # a reload resumes the model; closing the tab deletes the private key
-    # Room for a workshop of 30, each with a few events waiting.
-    demo.queue(max_size=128)
+        # A reload resumes the model and the class place; closing the tab deletes the private key.
+        started = page.build(ctx, notice)
+        classroom_tab.show_resumed_place(ctx, classroom, started, tabs)
+    demo.queue(max_size=QUEUE_MAX_SIZE)
+    bound_queued_per_session(demo)  # one page cannot fill the queue for everyone
     demo.registry = registry  # type: ignore[attr-defined]
     return demo
 
@@ -138,9 +146,11 @@ def launch_options(registry: SessionRegistry) -> dict[str, Any]:
         "theme": projector_theme(),
         "css": CSS,
         "max_file_size": MAX_MODEL_FILE_BYTES,
-        "app_kwargs": {"middleware": [image_guard.body_limit(MAX_MODEL_FILE_BYTES)]},
+        "app_kwargs": {"middleware": [image_guard.body_limit(MAX_MODEL_FILE_BYTES),
+                                      files.upload_space(MAX_MODEL_FILE_BYTES)]},
         "blocked_paths": [str(registry.keys_root)],
         "state_session_capacity": STATE_SESSION_CAPACITY,
+        "max_threads": MAX_THREADS,
         "show_error": True,
         # Gradio would otherwise keep every call's inputs and outputs (drawings, predictions, download
         # links) in the browser's local storage: the browser keeps only an opaque page token.

@@ -71,9 +71,11 @@ def flwr_run() -> dict:
         wall = time.perf_counter() - start
         from fl_training.datasets import load_dataset
         from fl_training.model_io import load_model
+        from fl_training.preprocessing import model_inputs
 
         dataset = load_dataset(DATASET)
-        accuracy = float(load_model(out).score(dataset.X_test, dataset.y_test))
+        model = load_model(out)
+        accuracy = float(model.score(model_inputs(model, dataset.X_test, dataset), dataset.y_test))
     finally:
         # The local SuperLink `flwr run` started keeps running in the background: stop it.
         _stop_processes_mentioning(home)
@@ -144,13 +146,16 @@ def main() -> None:
     parser.add_argument("--skip-settings", action="store_true")
     args = parser.parse_args()
     from fl_training.datasets import load_dataset
+    from fl_training.preprocessing import model_inputs
     from fl_training.task import train_centralized
 
     dataset = load_dataset(DATASET)
+    central = train_centralized(dataset)
     report: dict = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                    f"Python {platform.python_version()}",
-        "central_accuracy": float(train_centralized(dataset).score(dataset.X_test, dataset.y_test)),
+        "central_accuracy": float(
+            central.score(model_inputs(central, dataset.X_test, dataset), dataset.y_test)),
         "cli": cli([]),
     }
     if not args.skip_flwr_run:

@@ -51,6 +51,7 @@ from gradio_client import Client, handle_file  # noqa: E402
 
 from fl_training.datasets import load_dataset  # noqa: E402
 from fl_training.model_io import load_model, save_model  # noqa: E402
+from fl_training.preprocessing import model_inputs  # noqa: E402
 from fl_training.task import train_centralized  # noqa: E402
 
 STEPS = ("model", "compile", "keygen", "encrypt", "run_fhe", "decrypt")
@@ -109,7 +110,7 @@ def pick_samples(dataset, model, sessions: int, min_confidence: float = 0.0) -> 
     y = np.asarray(dataset.y_test)
     agree = np.ones(len(y), bool)
     if model is not None:
-        probabilities = model.predict_proba(dataset.X_test)
+        probabilities = model.predict_proba(model_inputs(model, dataset.X_test, dataset))
         read = model.classes_[probabilities.argmax(axis=1)]
         agree = (read == y) & (probabilities.max(axis=1) >= min_confidence)
     classes = list(np.asarray(dataset.classes))
@@ -202,7 +203,8 @@ def run_session(args: argparse.Namespace, k: int, index: int, model_file: Path |
             timed("model", file=handle_file(str(model_file)), dataset=args.dataset, api_name="/upload_model")
             model = load_model(model_file)
         result.model_at = time.perf_counter() - began
-        sample = dataset.X_test[index : index + 1]
+        # The sample as the app's client hands it to the model: preprocessed as the model records.
+        sample = model_inputs(model, dataset.X_test[index : index + 1], dataset)
         result.expected = int(model.predict(sample)[0])
         result.clear_probabilities = [float(p) for p in model.predict_proba(sample)[0]]
         timed("compile", n_bits=args.n_bits, calibration="data", api_name="/compile")

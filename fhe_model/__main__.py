@@ -68,11 +68,24 @@ def _load_model(path: str, dataset):
     return model
 
 
-def _samples(dataset, n: int):
+def _samples(args: argparse.Namespace, dataset):
+    """The first ``--samples`` raw inputs and labels: of ``--images``/``--labels``, else of the test split."""
+    n = args.samples
     if n < 1:
         raise UserError(f"--samples must be at least 1, got {n}.")
-    n = min(n, len(dataset.X_test))
-    return dataset.X_test[:n], dataset.y_test[:n]
+    if not (args.images or args.labels):
+        return dataset.X_test[:n], dataset.y_test[:n]
+    if not (args.images and args.labels):
+        raise UserError("Pass both --images and --labels (MNIST IDX files), or neither for the test split.")
+    from fl_training.idx import load_images_and_labels
+
+    X, y, shape = load_images_and_labels(args.images, args.labels)
+    if X.shape[1] != dataset.n_features:
+        raise UserError(
+            f"The images are {shape[0]}×{shape[1]} ({X.shape[1]} pixels), but the model takes "
+            f"{dataset.n_features} features ({dataset.name}): pass images of that dataset, or --dataset."
+        )
+    return X[:n], y[:n]
 
 
 def cmd_compile(args: argparse.Namespace) -> None:
@@ -151,26 +164,31 @@ def _check_dataset_fits(info, dataset) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from fhe_model.client import FHEClient
     from fhe_model.evaluation import evaluate_encrypted, in_process_server_call
+    from fl_training.preprocessing import model_inputs, model_preprocessing
 
     dataset = _load_dataset(args.dataset)
     model = _load_model(args.model, dataset)
-    X, y = _samples(dataset, args.samples)
+    X, y = _samples(args, dataset)
     cleanup: list = []
     try:
-        client = FHEClient(args.deployment, _key_dir(args, cleanup))
+        # Refused if the deployment preprocesses otherwise than the clear model it is compared with.
+        client = FHEClient(args.deployment, _key_dir(args, cleanup),
+                           expect_preprocessing=model_preprocessing(model))
         _check_dataset_fits(client.info, dataset)
         keygen = client.generate_keys()
         run = in_process_server_call(args.deployment, client.evaluation_keys)
         report = evaluate_encrypted(
-            client, run, X, y, clear_predictions=model.predict(X), workers=args.workers,
+            client, run, X, y, clear_predictions=model.predict(model_inputs(model, X, dataset)),
+            workers=args.workers,
             progress=_progress_printer(len(X)), mode="in-process",
         )
     finally:
         for tmp in cleanup:
             tmp.cleanup()
     data = {**report.to_dict(), "private_key_bytes": keygen.private_key_bytes,
-            "evaluation_key_bytes": keygen.evaluation_key_bytes}
-    _emit(args, f"Encrypted evaluation of {args.deployment} on {len(X)} {dataset.name} samples", data)
+            "evaluation_key_bytes": keygen.evaluation_key_bytes, "preprocessing": client.preprocessing}
+    source = args.images or f"{dataset.name}'s test split"
+    _emit(args, f"Encrypted evaluation of {args.deployment} on {len(X)} samples of {source}", data)
 
 
 def cmd_client(args: argparse.Namespace) -> None:
@@ -179,7 +197,7 @@ def cmd_client(args: argparse.Namespace) -> None:
     from fhe_model.http_client import FHEServerClient
 
     dataset = _load_dataset(args.dataset)
-    X, y = _samples(dataset, args.samples)
+    X, y = _samples(args, dataset)
     cleanup: list = []
     try:
         with FHEServerClient(args.server) as server:
@@ -199,9 +217,10 @@ def cmd_client(args: argparse.Namespace) -> None:
     data = {**report.to_dict(), "server": args.server,
             "private_key_bytes": keygen.private_key_bytes,
             "evaluation_key_bytes": keygen.evaluation_key_bytes,
-            "client_zip_bytes": len(client_zip),
+            "client_zip_bytes": len(client_zip), "preprocessing": client.preprocessing,
             "predictions": [sample.prediction for sample in report.samples]}
-    _emit(args, f"Encrypted inference on {args.server} ({len(X)} {dataset.name} samples)", data)
+    source = args.images or f"{dataset.name}'s test split"
+    _emit(args, f"Encrypted inference on {args.server} ({len(X)} samples of {source})", data)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -222,6 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     def json_flag(p: argparse.ArgumentParser) -> None:
         p.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
+
+    def inputs_flags(p: argparse.ArgumentParser) -> None:
+        # Raw images: the client applies the deployment's recorded preprocessing before it encrypts.
+        p.add_argument("--images", default=None, metavar="FILE",
+                       help="your images, MNIST IDX (gzipped or not), instead of the test split")
+        p.add_argument("--labels", default=None, metavar="FILE", help="their labels, MNIST IDX")
 
     p = sub.add_parser("compile", help="compile a trained model into client.zip/server.zip")
     p.add_argument("--model", required=True, help="trained LogisticRegression (.skops)")
@@ -270,7 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--deployment", required=True, metavar="DIR")
     p.add_argument("--model", required=True, help="the clear model, for clear accuracy and agreement")
     p.add_argument("--dataset", choices=DATASET_NAMES, default=DEFAULT_DATASET)
-    p.add_argument("--samples", type=int, default=100, help="first N test samples (default 100)")
+    p.add_argument("--samples", type=int, default=100, help="first N samples (default 100)")
+    inputs_flags(p)
     p.add_argument("--workers", type=int, default=None, help="samples in flight (default: CPUs)")
     p.add_argument("--key-dir", default=None, help="keep the private key here (default: temporary)")
     json_flag(p)
@@ -280,7 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--server", required=True, metavar="URL", help="e.g. http://127.0.0.1:8765")
     p.add_argument("--dataset", choices=DATASET_NAMES, default=DEFAULT_DATASET,
                    help="whose test samples to send (must match the deployment's model)")
-    p.add_argument("--samples", type=int, default=10, help="first N test samples (default 10)")
+    p.add_argument("--samples", type=int, default=10, help="first N samples (default 10)")
+    inputs_flags(p)
     p.add_argument("--deployment-id", default=None, help="default: the server's default deployment")
     p.add_argument("--workers", type=int, default=None, help="samples in flight (default: CPUs + 1)")
     p.add_argument("--key-dir", default=None, help="keep the private key here (default: temporary)")

@@ -17,6 +17,7 @@ import numpy as np
 
 from fhe_model.concrete_modules import concrete
 from fhe_model.deployment import CLIENT_ZIP, check_client_zip, first_line, read_model_info
+from fl_training.preprocessing import RAW, preprocess
 from fl_training.validation import SettingError
 
 #: Bytes of ciphertext shown in previews. Taken from the middle of the message:
@@ -69,6 +70,8 @@ class EncryptionResult:
         A few bytes of the ciphertext in hex.
     quantized_input : ndarray of int64, shape (n_features,)
         The integers that were encrypted.
+    model_input : ndarray of float64, shape (n_features,) or None
+        The features that were quantized: the raw features after the deployment's preprocessing.
     """
 
     ciphertext: bytes = field(repr=False)
@@ -76,6 +79,7 @@ class EncryptionResult:
     ciphertext_bytes: int
     ciphertext_preview: str
     quantized_input: np.ndarray = field(repr=False)
+    model_input: np.ndarray | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -168,14 +172,22 @@ class FHEClient:
         A directory dedicated to the private key; created (``0700``) if missing.
         Keys already in it for the same circuit are reused by
         :meth:`generate_keys`; use an empty directory for fresh keys.
+    expect_preprocessing : str, optional
+        The preprocessing the caller's model takes (``fl_training.preprocessing.model_preprocessing``):
+        a deployment that records another one is refused. Whatever it records, :meth:`encrypt`
+        applies it to raw features before quantizing.
 
     Raises
     ------
     FHEClientError
-        If ``client.zip`` is missing, malformed or built with other Concrete versions.
+        If ``client.zip`` is missing, malformed, built with other Concrete versions, or
+        records another preprocessing than ``expect_preprocessing``.
     """
 
-    def __init__(self, deployment_dir: str | os.PathLike, key_dir: str | os.PathLike):
+    def __init__(
+        self, deployment_dir: str | os.PathLike, key_dir: str | os.PathLike, *,
+        expect_preprocessing: str | None = None,
+    ):
         FHEModelClient = concrete().FHEModelClient
 
         deployment_dir = Path(deployment_dir)
@@ -190,6 +202,12 @@ class FHEClient:
             self.info = read_model_info(client_zip)
         except ValueError as exc:
             raise FHEClientError(str(exc)) from exc
+        if expect_preprocessing is not None and self.preprocessing != expect_preprocessing:
+            raise FHEClientError(
+                f"This deployment's inputs are preprocessed as {self.preprocessing!r}, but the model it is "
+                f"used with takes {expect_preprocessing!r}: its predictions would be wrong. Compile the "
+                "deployment again from this model (tab 2, or python -m fhe_model compile --model ...)."
+            )
         self.key_dir = Path(key_dir)
         if not self.key_dir.exists():
             self.key_dir.mkdir(parents=True, mode=0o700)
@@ -203,7 +221,9 @@ class FHEClient:
         self._keys_ready = False
 
     @classmethod
-    def from_client_zip(cls, client_zip: bytes, key_dir: str | os.PathLike) -> FHEClient:
+    def from_client_zip(
+        cls, client_zip: bytes, key_dir: str | os.PathLike, *, expect_preprocessing: str | None = None
+    ) -> FHEClient:
         """Build a client from the bytes of a ``client.zip`` (e.g. downloaded).
 
         Parameters
@@ -212,6 +232,8 @@ class FHEClient:
             The zip.
         key_dir : path-like
             Directory for the private key.
+        expect_preprocessing : str, optional
+            As for the constructor.
 
         Returns
         -------
@@ -221,12 +243,22 @@ class FHEClient:
         with tempfile.TemporaryDirectory(prefix="fhe-client-") as tmp:
             (Path(tmp) / CLIENT_ZIP).write_bytes(client_zip)
             # FHEModelClient reads everything it needs from the zip at load time.
-            return cls(tmp, key_dir)
+            return cls(tmp, key_dir, expect_preprocessing=expect_preprocessing)
 
     @property
     def n_features(self) -> int | None:
         """Number of raw features the circuit takes (None for a plain Concrete client.zip)."""
         return self.info.n_features if self.info else None
+
+    @property
+    def preprocessing(self) -> str:
+        """What :meth:`encrypt` applies to raw features (``"none"`` for a plain Concrete client.zip)."""
+        return self.info.preprocessing if self.info else RAW
+
+    def model_inputs(self, X: np.ndarray) -> np.ndarray:
+        """Raw features turned into what the circuit takes: the deployment's preprocessing, in the clear."""
+        image_shape = self.info.image_shape if self.info else None
+        return preprocess(X, self.preprocessing, image_shape)
 
     def generate_keys(self) -> KeygenResult:
         """Generate the private and evaluation keys, or load them from ``key_dir``.
@@ -268,7 +300,8 @@ class FHEClient:
         Parameters
         ----------
         x : array-like of shape (n_features,) or (1, n_features)
-            Raw features, e.g. MNIST pixels in 0..255.
+            Raw features, e.g. MNIST pixels in 0..255; the deployment's preprocessing
+            (:meth:`model_inputs`, e.g. deskewing) is applied here, before quantizing.
 
         Returns
         -------
@@ -295,6 +328,7 @@ class FHEClient:
         if not np.all(np.isfinite(sample)):
             raise SettingError("The sample contains NaN or infinity.")
         start = time.perf_counter()
+        sample = self.model_inputs(sample)
         ciphertext = self._fhe.quantize_encrypt_serialize(sample)
         seconds = time.perf_counter() - start
         quantized = np.asarray(self._fhe.model.quantize_input(sample))[0]
@@ -304,6 +338,7 @@ class FHEClient:
             ciphertext_bytes=len(ciphertext),
             ciphertext_preview=ciphertext_preview(ciphertext),
             quantized_input=quantized,
+            model_input=sample[0],
         )
 
     def decrypt(self, ciphertext: bytes) -> DecryptionResult:

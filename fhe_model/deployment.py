@@ -23,6 +23,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from fl_training.preprocessing import RAW, PreprocessingError, check_applies
+
 #: Environment variable holding the token that authorizes deployment uploads
 #: (read by the server, and by a client that uploads to a server it did not start).
 ADMIN_TOKEN_ENV = "FHE_ADMIN_TOKEN"
@@ -120,6 +122,9 @@ class ModelInfo:
         Quantization bits of inputs and weights.
     image_shape : tuple of int or None
         ``(height, width)`` for image datasets.
+    preprocessing : str
+        What the data owner applies to raw features before quantizing
+        (:mod:`fl_training.preprocessing`); ``"none"`` in a ``client.zip`` older than the record.
     """
 
     dataset: str
@@ -128,6 +133,7 @@ class ModelInfo:
     class_names: tuple[str, ...]
     n_bits: int
     image_shape: tuple[int, int] | None = None
+    preprocessing: str = RAW
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -136,14 +142,19 @@ class ModelInfo:
     def from_json(cls, text: str | bytes) -> ModelInfo:
         try:
             raw = json.loads(text)
-            return cls(
+            info = cls(
                 dataset=str(raw["dataset"]),
                 n_features=int(raw["n_features"]),
                 classes=tuple(int(c) for c in raw["classes"]),
                 class_names=tuple(str(c) for c in raw["class_names"]),
                 n_bits=int(raw["n_bits"]),
                 image_shape=tuple(raw["image_shape"]) if raw.get("image_shape") else None,
+                preprocessing=raw.get("preprocessing", RAW),
             )
+            check_applies(info.preprocessing, info.image_shape)
+            return info
+        except PreprocessingError as exc:
+            raise DeploymentFormatError(f"{MODEL_INFO_ENTRY}: {exc}") from exc
         except (ValueError, KeyError, TypeError) as exc:
             raise DeploymentFormatError(f"{MODEL_INFO_ENTRY} is not valid: {exc}") from exc
 

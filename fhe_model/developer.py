@@ -34,6 +34,7 @@ from fhe_model.deployment import (
 )
 from fl_training.datasets import Dataset
 from fl_training.model_io import check_model, check_model_fits
+from fl_training.preprocessing import model_inputs, model_preprocessing
 from fl_training.validation import OneOf, Whole, check_settings
 
 if TYPE_CHECKING:
@@ -356,6 +357,8 @@ def compile_model(
     check_model(model)
     check_model_fits(model, dataset)
     calibration_X = calibration_inputs(dataset, calibration, calibration_samples, seed)
+    if calibration == "data":  # random rows are drawn in the range deskewed images keep too
+        calibration_X = model_inputs(model, calibration_X, dataset)
     if evaluation_samples is not None and (
         isinstance(evaluation_samples, bool) or int(evaluation_samples) < 1
     ):
@@ -384,7 +387,8 @@ def compile_model(
         conversion_seconds=conversion_seconds,
         compile_seconds=compile_seconds,
         max_bit_width=int(circuit.graph.maximum_integer_bit_width()),
-        **_score(model, concrete_model, dataset.X_test[:n_eval], dataset.y_test[:n_eval], extremes),
+        **_score(model, concrete_model, model_inputs(model, dataset.X_test[:n_eval], dataset),
+                 dataset.y_test[:n_eval], extremes),
     )
     info = ModelInfo(
         dataset=dataset.name,
@@ -393,6 +397,7 @@ def compile_model(
         class_names=tuple(dataset.class_names) or tuple(str(c) for c in model.classes_),
         n_bits=n_bits,
         image_shape=tuple(dataset.image_shape) if dataset.image_shape else None,
+        preprocessing=model_preprocessing(model),
     )
     return CompiledModel(concrete_model=concrete_model, sklearn_model=model, report=report, info=info)
 

@@ -8,6 +8,7 @@ between threads.
 
 from __future__ import annotations
 
+import random
 import re
 import time
 from dataclasses import dataclass, field
@@ -16,6 +17,12 @@ from typing import Any
 import httpx
 
 from fhe_model.deployment import make_bundle
+
+#: How long in all a request may wait while the server answers 503 (busy), retrying after each
+#: ``Retry-After``: a burst of 120 visitors' steps on a server of 2 × 2 compute slots drains in
+#: about 120 × 0.2 s / 2 cores = 12 s; a minute covers five such bursts. A visitor waits, and
+#: sees an error only past it.
+BUSY_WAIT_SECONDS = 60.0
 
 
 class FHEServerError(RuntimeError):
@@ -70,6 +77,14 @@ class PredictResult:
     queue_seconds: float | None
 
 
+def _retry_after(response: httpx.Response) -> float:
+    """The seconds a 503 asks to wait (``Retry-After`` in seconds; 1 if absent or not a number)."""
+    try:
+        return max(0.0, float(response.headers.get("retry-after", "1")))
+    except ValueError:
+        return 1.0
+
+
 def _server_timing(header: str, name: str) -> float | None:
     match = re.search(rf"(?:^|,)\s*{name};dur=([0-9.]+)", header)
     return float(match.group(1)) / 1000 if match else None
@@ -84,14 +99,22 @@ class FHEServerClient:
         e.g. ``"http://127.0.0.1:8765"``.
     timeout : float, default=120
         Seconds to wait for a response.
-    busy_retries : int, default=5
-        How often to retry a request the server answered 503 (busy) to,
-        waiting its ``Retry-After``. Busy requests stored nothing, so retrying is safe.
+    busy_retries : int, optional
+        How often at most to retry a request the server answered 503 (busy) to
+        (default: as often as ``busy_wait_seconds`` allows; 0: never).
+    busy_wait_seconds : float, default=BUSY_WAIT_SECONDS
+        How long in all a request may wait for a busy server. Each 503 is
+        retried after its ``Retry-After`` (plus up to a quarter more, so that
+        callers refused together do not all come back together); one whose
+        ``Retry-After`` would pass this budget is reported at once, with the
+        wait the server asked for. Busy requests stored nothing, so retrying is safe.
     """
 
-    def __init__(self, base_url: str, *, timeout: float = 120.0, busy_retries: int = 5):
+    def __init__(self, base_url: str, *, timeout: float = 120.0, busy_retries: int | None = None,
+                 busy_wait_seconds: float = BUSY_WAIT_SECONDS):
         self.base_url = base_url.rstrip("/")
         self.busy_retries = busy_retries
+        self.busy_wait_seconds = busy_wait_seconds
         self._http = httpx.Client(
             base_url=self.base_url,
             timeout=httpx.Timeout(timeout, connect=10.0),
@@ -99,7 +122,8 @@ class FHEServerClient:
         )
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        for attempt in range(self.busy_retries + 1):
+        waited, attempt = 0.0, 0
+        while True:
             try:
                 response = self._http.request(method, path, **kwargs)
             except httpx.TransportError as exc:
@@ -107,17 +131,22 @@ class FHEServerClient:
                     f"Cannot reach the FHE server at {self.base_url} ({exc.__class__.__name__}: {exc}). "
                     "Is it running? Start one with: python -m fhe_model serve --deployment DIR"
                 ) from exc
-            if response.status_code == 503 and attempt < self.busy_retries:
-                try:
-                    delay = float(response.headers.get("retry-after", "1"))
-                except ValueError:
-                    delay = 1.0
-                time.sleep(min(delay, 5.0) * (1 + attempt) / 2)
-                continue
+            if response.status_code == 503:
+                delay = _retry_after(response)
+                retries_left = self.busy_retries is None or attempt < self.busy_retries
+                if retries_left and waited + delay <= self.busy_wait_seconds:
+                    # At least Retry-After (it fits the budget), up to a quarter more.
+                    pause = min(delay * (1 + random.random() / 4), self.busy_wait_seconds - waited)
+                    time.sleep(pause)
+                    waited, attempt = waited + pause, attempt + 1
+                    continue
+                raise FHEServerError(
+                    f"{_error_message(response)} The FHE server is busy (waited {waited:.0f} s); "
+                    f"retry in {delay:.0f} s.", 503,
+                )
             if response.is_error:
                 raise FHEServerError(_error_message(response), response.status_code)
             return response
-        raise AssertionError("unreachable")  # the loop returns or raises
 
     def health(self) -> dict[str, Any]:
         """Return the server's ``/health`` JSON.

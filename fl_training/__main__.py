@@ -1,5 +1,7 @@
-"""Command line: ``python -m fl_training --dataset mnist-5k --clients 10 --rounds 5``, and
-``python -m fl_training join --superlink HOST:PORT --drawings my-drawings.npz`` for a class's participant.
+"""Command line: ``python -m fl_training --dataset mnist-5k --clients 10 --rounds 5``,
+``python -m fl_training join --superlink HOST:PORT --drawings my-drawings.npz`` for a class's participant,
+and ``python -m fl_training evaluate --model model.skops --images FILE --labels FILE`` to score a model on
+your own data.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train each client on its drawings file DIR/client-<i>.npz instead of a partition")
     p.add_argument("--initial-model", default=defaults.initial_model, metavar="FILE",
                    help="start from this model file (.skops) instead of zeros")
+    p.add_argument("--deskew", action=argparse.BooleanOptionalAction, default=defaults.deskew,
+                   help="each client deskews its images (MNIST; the model records it)")
     p.add_argument("--output", default="model.skops", help="where to write the model ('' to skip)")
     p.add_argument(
         "--format", choices=MODEL_FORMATS, default=None,
@@ -100,6 +104,69 @@ def join(argv: list[str]) -> int:
     return 0  # pragma: no cover - execv does not return
 
 
+def build_evaluate_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m fl_training evaluate",
+        description="Score a model file on your own images (MNIST's IDX format, gzipped or not), "
+        "preprocessed as the model records (e.g. deskewed).",
+    )
+    p.add_argument("--model", required=True, metavar="FILE", help="a model file (.skops)")
+    p.add_argument("--images", required=True, metavar="FILE", help="e.g. t10k-images-idx3-ubyte.gz")
+    p.add_argument("--labels", required=True, metavar="FILE", help="e.g. t10k-labels-idx1-ubyte.gz")
+    p.add_argument("--json", action="store_true", help="end with one JSON line of results")
+    return p
+
+
+def score_on_files(
+    model_path: str | os.PathLike, images: str | os.PathLike, labels: str | os.PathLike
+) -> dict:
+    """Accuracy of a model file on IDX images and labels, after the preprocessing the model records.
+
+    Raises
+    ------
+    ValueError
+        If a file is unusable (``ModelFileError``, ``IDXFileError``) or the images do not fit the model.
+    """
+    import numpy as np
+
+    from fl_training.idx import load_images_and_labels
+    from fl_training.model_io import load_model
+    from fl_training.preprocessing import model_preprocessing, preprocess
+
+    if not Path(model_path).is_file():
+        raise ValueError(f"{model_path} does not exist; pass a model file saved by python -m fl_training.")
+    model = load_model(model_path)
+    X, y, image_shape = load_images_and_labels(images, labels)
+    n_features = int(np.atleast_2d(model.coef_).shape[1])
+    if n_features != X.shape[1]:
+        raise ValueError(
+            f"The model takes {n_features} features, but the images are {image_shape[0]}×{image_shape[1]} "
+            f"({X.shape[1]} pixels): pass images of the dataset the model was trained on."
+        )
+    unknown = sorted(set(np.unique(y).tolist()) - set(np.asarray(model.classes_).tolist()))
+    preprocessing = model_preprocessing(model)
+    accuracy = float(np.mean(model.predict(preprocess(X, preprocessing, image_shape)) == y))
+    return {"model": str(model_path), "images": str(images), "samples": len(y), "accuracy": accuracy,
+            "preprocessing": preprocessing, "labels_the_model_lacks": unknown}
+
+
+def evaluate(argv: list[str]) -> int:
+    """``python -m fl_training evaluate``: print a model's accuracy on IDX files."""
+    args = build_evaluate_parser().parse_args(argv)
+    try:
+        result = score_on_files(args.model, args.images, args.labels)
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"accuracy {result['accuracy']:.4f} on {result['samples']:,} images of {Path(args.images).name} "
+          f"(preprocessing: {result['preprocessing']})", flush=True)
+    if result["labels_the_model_lacks"]:
+        print(f"note: labels {result['labels_the_model_lacks']} are not classes of the model", flush=True)
+    if args.json:
+        print(json.dumps(result), flush=True)
+    return 0
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -110,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["join"]:
         return join(argv[1:])
+    if argv[:1] == ["evaluate"]:
+        return evaluate(argv[1:])
     args = build_parser().parse_args(argv)
     engine = None
     try:
@@ -130,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
             secure_aggregation=args.secure_aggregation,
             client_data=args.client_data,
             initial_model=args.initial_model,
+            deskew=args.deskew,
         )
         from fl_training.runtime import TrainingRuntime
         from fl_training.simulation import TrainingResult, stream_training

@@ -45,6 +45,7 @@ TRAINING_CONSTRAINTS = {
     "secure_aggregation": Flag(),
     "client_data": Text(4096),
     "initial_model": Text(4096),
+    "deskew": Flag(),
 }
 
 #: Fewest clients a run needs (the federation is complete before round 1).
@@ -147,6 +148,11 @@ class TrainingConfig:
         Empty: partitions of the dataset.
     initial_model : str, default=""
         A model file (``.skops``) of the same dataset to start from instead of zeros.
+    deskew : bool, default=True
+        Every client deskews its images, the server its test split
+        (:mod:`fl_training.preprocessing`), on the datasets where it helps
+        (:data:`~fl_training.preprocessing.DESKEWED_DATASETS`); the model records it,
+        and every path that feeds it deskews the same way.
 
     Raises
     ------
@@ -170,6 +176,7 @@ class TrainingConfig:
     secure_aggregation: bool = False
     client_data: str = ""
     initial_model: str = ""
+    deskew: bool = True
 
     def __post_init__(self) -> None:
         checked = check_settings(TRAINING_CONSTRAINTS, {f.name: getattr(self, f.name) for f in fields(self)})

@@ -24,6 +24,7 @@ from sklearn.linear_model import LogisticRegression
 
 from concurrency.imports import import_once
 from fl_training.datasets import DATASET_NAMES, Dataset, DatasetUnavailableError, load_dataset
+from fl_training.preprocessing import MODEL_ATTRIBUTE, PreprocessingError, check_applies, model_preprocessing
 
 #: Estimators a model file may contain. A linear classifier is all the FHE
 #: side needs; anything else is refused before it is used.
@@ -178,7 +179,7 @@ def _build_from_schema(path: Path, schema: dict[str, Any]) -> Any:
 
 
 def check_model(model: object) -> None:
-    """Refuse anything but a fitted classifier with finite weights.
+    """Refuse anything but a fitted classifier with finite weights and a preprocessing this version knows.
 
     Whether it fits a dataset is :func:`check_model_fits`'s question.
 
@@ -190,7 +191,8 @@ def check_model(model: object) -> None:
     Raises
     ------
     ModelFileError
-        If it is not an allowed type, not fitted, or has NaN or infinite weights.
+        If it is not an allowed type, not fitted, has NaN or infinite weights, or records
+        an unknown preprocessing.
     """
     if not isinstance(model, ALLOWED_MODEL_TYPES):
         names = ", ".join(t.__name__ for t in ALLOWED_MODEL_TYPES)
@@ -200,6 +202,10 @@ def check_model(model: object) -> None:
         raise ModelFileError("The model is not fitted: call fit() before saving it.")
     if not np.all(np.isfinite(coef)) or not np.all(np.isfinite(model.intercept_)):
         raise ModelFileError("The model's weights contain NaN or infinity.")
+    try:
+        model_preprocessing(model)
+    except PreprocessingError as exc:
+        raise ModelFileError(f"The model's {MODEL_ATTRIBUTE} is not usable: {exc}") from exc
 
 
 # --------------------------------------------------------------------------
@@ -429,6 +435,10 @@ def check_model_fits(model: Any, dataset: Dataset) -> None:
     """
     n_features = int(np.atleast_2d(model.coef_).shape[1])
     classes = np.asarray(model.classes_)
+    try:
+        check_applies(model_preprocessing(model), dataset.image_shape)
+    except PreprocessingError as exc:
+        raise ModelFileError(f"The model does not fit {dataset.name}: {exc}") from exc
     if n_features != dataset.n_features:
         problem = f"The model expects {n_features} features, but the dataset has {dataset.n_features}"
     elif not np.array_equal(classes, dataset.classes):

@@ -18,6 +18,7 @@ from sklearn.linear_model import LogisticRegression
 
 from fl_training.datasets import Dataset
 from fl_training.federation import FederationGrid, ReceivedUpdate
+from fl_training.preprocessing import RAW, dataset_features
 from fl_training.task import evaluate, export_model, initial_parameters
 
 #: δ at which ε is reported for differentially private runs.
@@ -102,6 +103,8 @@ class RoundReporter:
         Called with each record as soon as it is complete.
     privacy_spent : callable, optional
         Returns Flower's ``PrivacySpent`` so far (or None without accounting).
+    preprocessing : str, default="none"
+        The run's preprocessing: the test split is scored after it, and the model records it.
     """
 
     def __init__(
@@ -110,12 +113,16 @@ class RoundReporter:
         grid: FederationGrid,
         on_round: Callable[[RoundRecord], None] | None,
         privacy_spent: Callable[[], Any] | None = None,
+        preprocessing: str = RAW,
     ):
         self.dataset = dataset
+        self.preprocessing = preprocessing
+        self._X_test = dataset_features(dataset, preprocessing)[1]
         self.grid = grid
         self.on_round = on_round
         self.privacy_spent = privacy_spent or (lambda: None)
-        self.result = FederationResult(model=export_model(initial_parameters(dataset), dataset))
+        start = export_model(initial_parameters(dataset), dataset, preprocessing)
+        self.result = FederationResult(model=start)
         self._client_eval: dict[str, float] = {}
         self._scores: dict[int, tuple[float, float]] = {}
         self._start = time.perf_counter()
@@ -126,8 +133,8 @@ class RoundReporter:
 
     def score(self, server_round: int, arrays: list[np.ndarray]) -> tuple[float, float]:
         """Score the global model of ``server_round`` on the test split: ``(accuracy, loss)``."""
-        model = export_model(arrays, self.dataset)
-        accuracy, loss = evaluate(model, self.dataset.X_test, self.dataset.y_test)
+        model = export_model(arrays, self.dataset, self.preprocessing)
+        accuracy, loss = evaluate(model, self._X_test, self.dataset.y_test)
         self.result.model = model
         self._scores[server_round] = (accuracy, loss)
         return accuracy, loss

@@ -36,6 +36,7 @@ from flwr.serverapp import GaussianPrivacyEvent, Grid
 from fl_training.config import MIN_CLIENTS, TrainingConfig
 from fl_training.datasets import Dataset
 from fl_training.federation import SECAGG_MODULUS, FederationGrid
+from fl_training.preprocessing import run_preprocessing
 from fl_training.rounds import FederationResult, RoundRecord, RoundReporter, privacy_accountant
 from fl_training.task import equal_client_weights, initial_parameters, partition_indices, strategy_class
 
@@ -135,7 +136,8 @@ def build_legacy_strategy(
         on_evaluate_config_fn=lambda _round: dict(settings),
         fit_metrics_aggregation_fn=_weighted_means,
         evaluate_metrics_aggregation_fn=aggregate_client_evaluation,
-        initial_parameters=ndarrays_to_parameters(initial_parameters(dataset, cfg.initial_model)),
+        initial_parameters=ndarrays_to_parameters(
+            initial_parameters(dataset, cfg.initial_model, run_preprocessing(cfg.dataset, cfg.deskew))),
     )
     name, own = strategy_class(cfg)
     strategy: Strategy = getattr(strategies, name)(**own, **common)
@@ -180,7 +182,8 @@ def run_secure_federation(
         default_evaluate_workflow(workflow_grid, context)
         reporter.emit(int(context.state.config_records[MAIN_CONFIGS_RECORD][WorkflowKey.CURRENT_ROUND]))
 
-    reporter = RoundReporter(dataset, grid, on_round)
+    preprocessing = run_preprocessing(cfg.dataset, cfg.deskew)
+    reporter = RoundReporter(dataset, grid, on_round, preprocessing=preprocessing)
     strategy = build_legacy_strategy(cfg, dataset, reporter, evaluate_fn)
     reporter.privacy_spent = getattr(strategy, "privacy_spent", None) or reporter.privacy_spent
     num_shares, threshold = share_settings(cfg.num_clients)

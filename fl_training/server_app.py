@@ -29,6 +29,7 @@ from fl_training.federation import (
     wait_for_nodes,
 )
 from fl_training.model_io import save_model
+from fl_training.preprocessing import run_preprocessing
 from fl_training.rounds import DP_DELTA, FederationResult, RoundRecord, RoundReporter, privacy_accountant
 from fl_training.task import initial_parameters, strategy_class
 from fl_training.validation import Real
@@ -122,7 +123,8 @@ def _run_in_the_clear(
     on_round: Callable[[RoundRecord], None] | None,
 ) -> FederationResult:
     """Flower's Message API strategies: the server receives every client's weights."""
-    reporter = RoundReporter(dataset, grid, on_round)
+    preprocessing = run_preprocessing(cfg.dataset, cfg.deskew)
+    reporter = RoundReporter(dataset, grid, on_round, preprocessing=preprocessing)
     strategy = build_strategy(cfg, reporter.client_evaluation)
     reporter.privacy_spent = getattr(strategy, "privacy_spent", None) or reporter.privacy_spent
 
@@ -134,7 +136,7 @@ def _run_in_the_clear(
     train_config = ConfigRecord({k.replace("_", "-"): v for k, v in cfg.to_dict().items()})
     strategy.start(
         grid=grid,
-        initial_arrays=ArrayRecord(initial_parameters(dataset, cfg.initial_model)),
+        initial_arrays=ArrayRecord(initial_parameters(dataset, cfg.initial_model, preprocessing)),
         num_rounds=cfg.num_rounds,
         timeout=grid.timeout,
         train_config=train_config,

@@ -21,7 +21,15 @@ from concurrency.single_flight import SingleFlight
 from fl_training import local_data
 from fl_training.config import MIN_SAMPLES_PER_CLIENT, TrainingConfig, check_fits_dataset
 from fl_training.datasets import Dataset, load_dataset
-from fl_training.model_io import check_model_fits, load_model
+from fl_training.model_io import ModelFileError, check_model_fits, load_model
+from fl_training.preprocessing import (
+    RAW,
+    dataset_features,
+    model_preprocessing,
+    preprocess,
+    record_preprocessing,
+    run_preprocessing,
+)
 from fl_training.validation import SettingError
 
 #: Each client keeps this share of its partition for its own evaluation, and trains on the rest.
@@ -153,21 +161,25 @@ def client_data(
     Returns
     -------
     X_train, y_train, X_val, y_val : ndarray
-        Raw features. From a partition of the dataset,
+        Features after the run's preprocessing (:func:`~fl_training.preprocessing.run_preprocessing`:
+        deskewed images when ``cfg.deskew`` and the dataset gains from it). From a partition of the dataset,
         :data:`LOCAL_VALIDATION_FRACTION` of it is kept for the client's own
         evaluation (at least one sample when the partition has ten or more);
         from drawings, :data:`fl_training.local_data.DRAWINGS_VALIDATION_FRACTION`.
     """
     dataset = load_dataset(cfg.dataset)
+    preprocessing = run_preprocessing(cfg.dataset, cfg.deskew)
     if drawings_file or cfg.client_data:
         path = drawings_file or local_data.partition_file(cfg.client_data, partition_id)[0]
-        return local_data.split_drawings(*local_data.load_drawings(path, dataset))
+        X, y = local_data.load_drawings(path, dataset)
+        return local_data.split_drawings(preprocess(X, preprocessing, dataset.image_shape), y)
+    X_train = dataset_features(dataset, preprocessing)[0]
     idx = partition_indices(cfg)[partition_id]
     n_val = int(len(idx) * LOCAL_VALIDATION_FRACTION)
     val, train = idx[:n_val], idx[n_val:]
     if n_val == 0:
         val = train
-    return dataset.X_train[train], dataset.y_train[train], dataset.X_train[val], dataset.y_train[val]
+    return X_train[train], dataset.y_train[train], X_train[val], dataset.y_train[val]
 
 
 def check_runnable(cfg: TrainingConfig) -> None:
@@ -245,16 +257,29 @@ def _n_coef_rows(n_classes: int) -> int:
     return 1 if n_classes == 2 else n_classes
 
 
-def initial_parameters(dataset: Dataset, initial_model: str = "") -> list[np.ndarray]:
+def initial_parameters(
+    dataset: Dataset, initial_model: str = "", preprocessing: str = RAW
+) -> list[np.ndarray]:
     """The weights ``[coef, intercept]`` round 1 starts from, in the training's scaled features.
 
     Zeros for the global label set, or ``initial_model``'s weights: a model file
-    of the same dataset (it takes raw features, so :func:`export_model`'s folding
-    of the scaling is undone).
+    of the same dataset and preprocessing (it takes unscaled features, so
+    :func:`export_model`'s folding of the scaling is undone).
+
+    Raises
+    ------
+    fl_training.model_io.ModelFileError
+        If the initial model does not fit the dataset or records another preprocessing.
     """
     if initial_model:
         model = load_model(initial_model)
         check_model_fits(model, dataset)
+        recorded = model_preprocessing(model)
+        if recorded != preprocessing:
+            raise ModelFileError(
+                f"The initial model takes inputs preprocessed as {recorded!r}, but this run preprocesses "
+                f"as {preprocessing!r}: start from a model of the same preprocessing, or set "
+                f"deskew={recorded != RAW} for the run.")
         scaling = feature_scaling(dataset)
         coef_raw = np.asarray(model.coef_, dtype=np.float64)
         intercept = np.asarray(model.intercept_, dtype=np.float64) + coef_raw @ scaling.offset
@@ -312,38 +337,43 @@ def evaluate(model: LogisticRegression, X: np.ndarray, y: np.ndarray) -> tuple[f
     return float(accuracy_score(y, predictions)), float(log_loss(y, proba, labels=model.classes_))
 
 
-def export_model(params: list[np.ndarray], dataset: Dataset) -> LogisticRegression:
-    """Build the model a client of the FHE side uses: it takes raw features.
+def export_model(params: list[np.ndarray], dataset: Dataset, preprocessing: str = RAW) -> LogisticRegression:
+    """Build the model a client of the FHE side uses: it takes unscaled features, preprocessed as recorded.
 
     Training sees ``(x - offset) / scale``. Since the model is linear, that
     scaling folds into the weights: ``coef_raw = coef / scale`` and
     ``intercept_raw = intercept - coef_raw @ offset``. The exported model gives
-    the same predictions on raw features as the trained one on scaled features.
+    the same predictions on unscaled features as the trained one on scaled
+    features. Deskewing is not linear, so it cannot fold: the model records it
+    (:func:`~fl_training.preprocessing.record_preprocessing`) and whoever feeds
+    it applies it (:func:`~fl_training.preprocessing.model_inputs`).
     """
     scaling = feature_scaling(dataset)
     coef = np.asarray(params[0], dtype=np.float64) / scaling.scale
     intercept = np.asarray(params[1], dtype=np.float64) - coef @ scaling.offset
-    return set_parameters(new_model(), [coef, intercept], dataset.classes)
+    model = set_parameters(new_model(), [coef, intercept], dataset.classes)
+    return record_preprocessing(model, preprocessing)
 
 
-def train_centralized(dataset: Dataset, max_iter: int = 200) -> LogisticRegression:
-    """The non-federated baseline: one model trained on the whole training split.
+def train_centralized(dataset: Dataset, max_iter: int = 200, deskew: bool = True) -> LogisticRegression:
+    """The non-federated baseline: one model trained on the whole training split, preprocessed as a run would.
 
-    Returns a model that takes raw features, like :func:`export_model`'s.
+    Returns a model like :func:`export_model`'s (it records its preprocessing).
     """
+    preprocessing = run_preprocessing(dataset.name, deskew)
     scaling = feature_scaling(dataset)
     model = LogisticRegression(max_iter=max_iter)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        model.fit(scaling.transform(dataset.X_train), dataset.y_train)
-    return export_model(get_parameters(model), dataset)
+        model.fit(scaling.transform(dataset_features(dataset, preprocessing)[0]), dataset.y_train)
+    return export_model(get_parameters(model), dataset, preprocessing)
 
 
 _baselines: dict[str, float] = {}
 _baseline_flights = SingleFlight()
 
 
-def baseline_accuracy(dataset_name: str) -> float:
+def baseline_accuracy(dataset_name: str, deskew: bool = True) -> float:
     """Test accuracy of a model trained centrally on the whole training split.
 
     Computed once per dataset and process: callers who ask while it is being
@@ -353,15 +383,19 @@ def baseline_accuracy(dataset_name: str) -> float:
     ----------
     dataset_name : str
         One of :data:`fl_training.datasets.DATASET_NAMES`.
+    deskew : bool, default=True
+        Preprocess as a run with this ``deskew`` setting does.
 
     Returns
     -------
     float
         Accuracy of :func:`train_centralized`'s model on the fixed test split.
     """
-    with _baseline_flights.turn(dataset_name):
-        if dataset_name not in _baselines:
+    key = f"{dataset_name}:{run_preprocessing(dataset_name, deskew)}"
+    with _baseline_flights.turn(key):
+        if key not in _baselines:
             dataset = load_dataset(dataset_name)
-            model = train_centralized(dataset)
-            _baselines[dataset_name] = float(model.score(dataset.X_test, dataset.y_test))
-        return _baselines[dataset_name]
+            model = train_centralized(dataset, deskew=deskew)
+            X_test = dataset_features(dataset, model_preprocessing(model))[1]
+            _baselines[key] = float(model.score(X_test, dataset.y_test))
+        return _baselines[key]

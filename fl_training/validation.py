@@ -12,6 +12,7 @@ type or raises :class:`SettingError` saying what was wrong and what would be val
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -101,6 +102,24 @@ class Flag:
         if not isinstance(value, (bool, np.bool_)):
             raise SettingError(f"{name} must be true or false, got {value!r}.")
         return bool(value)
+
+
+def bound_from_env(variable: str, default: int) -> int:
+    """A work bound a run on one's own machine may raise: ``$variable`` if set, else ``default``.
+
+    Raises
+    ------
+    ValueError
+        If the variable is set to anything but a positive whole number.
+    """
+    raw = os.environ.get(variable, "").strip()
+    if not raw:
+        return default
+    if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:
+        raise ValueError(
+            f"{variable} must be a positive whole number (the default is {default}), got {raw[:40]!r}."
+        )
+    return int(raw)
 
 
 def _message(text: str, advice: str) -> str:

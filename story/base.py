@@ -136,7 +136,12 @@ class SessionCore:
         self._cleanups: list[Callable[[], None]] = []
         self._wiped = False
         self.closed = False
-        self.last_used = time.monotonic()
+        #: Why the session ended, as its next step says it (None: the usual ending).
+        self.end_message: str | None = None
+        #: True if the registry closed it to make room while it held nothing (its page gets a fresh one).
+        self.reclaimed_empty = False
+        self._clock: Callable[[], float] = time.monotonic
+        self.last_used = self._clock()
         self.model: ModelStage | None = None
         self.deployment: CompiledStage | None = None
         self.keys: KeyStage | None = None
@@ -223,6 +228,17 @@ class SessionCore:
         return self._busy.locked()
 
     @property
+    def holds_nothing(self) -> bool:
+        """True while nothing would be lost by closing it: no model, no class taught, no seat in one."""
+        class_place = getattr(self, "teaching", None) or getattr(self, "seat", None)
+        return self.model is None and class_place is None
+
+    def use_clock(self, clock: Callable[[], float]) -> None:
+        """Measure this session's activity (:attr:`last_used`) with ``clock`` (its registry's)."""
+        self._clock = clock
+        self.last_used = clock()
+
+    @property
     def dataset(self) -> Dataset | None:
         """The dataset of the current model, if any."""
         return load_dataset(self.model.dataset) if self.model else None
@@ -273,7 +289,7 @@ class SessionCore:
         whatever the step built is deleted too.
         """
         if self.closed:
-            raise StepError(errors.SESSION_ENDED)
+            raise StepError(self.end_message or errors.SESSION_ENDED)
         if not self._busy.acquire(blocking=False):
             raise StepError(
                 f"Another step of this session is still running; wait for it to finish, then retry {name}."
@@ -281,15 +297,26 @@ class SessionCore:
         if self.closed:  # closed between the check and the lock
             self._busy.release()
             self.close()
-            raise StepError(errors.SESSION_ENDED)
+            raise StepError(self.end_message or errors.SESSION_ENDED)
         try:
-            self.last_used = time.monotonic()
+            self.last_used = self._clock()
             yield
         finally:
-            self.last_used = time.monotonic()
+            self.last_used = self._clock()
             self._busy.release()
             if self.closed:
                 self.close()
+
+    def _stop_if_closed(self) -> None:
+        """Between two units of a long step (a compile of the sweep, a wrong key): stop once the page closed.
+
+        Raises
+        ------
+        StepError
+            If the session was closed meanwhile (its page closed, or it was reclaimed).
+        """
+        if self.closed:
+            raise StepError(self.end_message or errors.SESSION_ENDED)
 
     # -- requirements, named after the step that provides them -------------
 
@@ -407,6 +434,10 @@ class SessionCore:
         finally:
             self._busy.release()
 
+    def resumable(self) -> bool:
+        """True if a reloaded page has something to take over from this session."""
+        return self.model is not None and not self.closed
+
     def resume_from(self, previous: SessionCore) -> bool:
         """Take over the model and deployment of this visitor's previous page (keys are never taken over).
 
@@ -461,13 +492,22 @@ class SessionCore:
                 return
         callback()
 
-    def close(self) -> None:
+    def close(self, reason: str | None = None, reclaimed_empty: bool = False) -> None:
         """Wipe the session: delete the private key, downloads and everything built.
 
         Safe to call more than once and from any thread. While a step runs,
         the wipe happens when that step ends (the step cannot store anything
         on a closed session that outlives it).
+
+        Parameters
+        ----------
+        reason : str, optional
+            What its next step tells the visitor (default: :data:`story.errors.SESSION_ENDED`).
+        reclaimed_empty : bool
+            Closed to make room while it held nothing (see :attr:`reclaimed_empty`).
         """
+        if not self.closed:
+            self.end_message, self.reclaimed_empty = reason, reclaimed_empty
         self.closed = True
         if not self._busy.acquire(blocking=False):
             return  # the running step calls close() again when it ends

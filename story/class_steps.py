@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from story.base import SessionCore
-from story.class_rules import ClassroomError
+from story.class_rules import JOIN_QUERY_PARAMETER, ClassroomError
 from story.classes import Classes
 
 NOT_JOINED = "Join a class first: type the code on the projector and a nickname, then press Join."
@@ -34,6 +34,54 @@ class ClassSteps(SessionCore):
         if self._classes is None:
             raise ClassroomError("Classes need the app: this session was made without its registry.")
         return self._classes
+
+    # -- a page reload ------------------------------------------------------------------
+
+    def has_place(self) -> bool:
+        """True if this page teaches a class or holds a seat in one (a reload keeps both)."""
+        return self.teaching is not None or self.seat is not None
+
+    def park(self) -> bool:
+        """As :meth:`story.base.SessionCore.park`; a page in a class is parked even without a model."""
+        if self.model is not None:
+            return super().park()
+        return not self.closed and self.has_place()
+
+    def resumable(self) -> bool:
+        return super().resumable() or self.has_place()
+
+    def resume_from(self, previous: SessionCore) -> bool:
+        """Take over the previous page's model (see the base class) and its class console or seat."""
+        resumed = super().resume_from(previous)
+        if isinstance(previous, ClassSteps) and previous.has_place() and not self.has_place():
+            self.teaching, self.seat = previous.teaching, previous.seat
+            return True
+        return resumed
+
+    def class_place(self) -> dict[str, Any]:
+        """What the Classroom tab shows again after a reload.
+
+        ``teaching`` (``class_code``, ``teacher_key``, ``join_path``) and ``seat``
+        (:meth:`story.classes.Classes.seat`), each None when this page has none;
+        a class that expired or closed meanwhile is forgotten here.
+        """
+        place: dict[str, Any] = {"teaching": None, "seat": None}
+        if self._classes is None:
+            return place
+        if self.teaching is not None:
+            code, key = self.teaching
+            try:
+                self.classes.rooms.class_of_teacher(key)
+                place["teaching"] = {"class_code": code, "teacher_key": key,
+                                     "join_path": f"?{JOIN_QUERY_PARAMETER}={code}"}
+            except ClassroomError:
+                self.teaching = None
+        if self.seat is not None:
+            try:
+                place["seat"] = self.classes.seat(*self.seat)
+            except ClassroomError:
+                self.seat = None
+        return place
 
     # -- the teacher -------------------------------------------------------------------
 
@@ -84,6 +132,10 @@ class ClassSteps(SessionCore):
 
     def delete_class_drawings(self) -> dict[str, Any]:
         return self.classes.delete_drawings(*self._seat())
+
+    def class_progress(self) -> dict[str, Any]:
+        """The class run, round by round, as this participant sees it (see :meth:`Classes.run_view`)."""
+        return self.classes.run_view(*self._seat())
 
     def leave_class(self) -> dict[str, Any]:
         """Leave the class: this participant and their drawings are deleted from the host at once."""

@@ -40,6 +40,7 @@ from sklearn.linear_model import LogisticRegression
 from fl_training import local_data
 from fl_training.config import TrainingConfig
 from fl_training.model_io import save_model
+from fl_training.preprocessing import model_inputs
 from fl_training.rounds import RoundRecord
 from fl_training.runtime import QueueStatus
 from fl_training.simulation import TrainingResult, stream_training
@@ -250,9 +251,9 @@ class ClassTrainings:
             "seconds": time.perf_counter() - start,
             "history": list(run.rounds),
             "held_back_drawings": int(len(y_held)),
-            "accuracy_room_before": float(np.mean(mnist.predict(X_held) == y_held)),
-            "accuracy_room": float(np.mean(result.model.predict(X_held) == y_held)),
-            "accuracy_test_before": float(mnist.score(dataset.X_test, dataset.y_test)),
+            "accuracy_room_before": _accuracy(mnist, X_held, y_held, dataset),
+            "accuracy_room": _accuracy(result.model, X_held, y_held, dataset),
+            "accuracy_test_before": _accuracy(mnist, dataset.X_test, dataset.y_test, dataset),
             "accuracy_test": float(result.accuracy),
             "secure_aggregation": cfg.secure_aggregation,
             "differential_privacy": cfg.differential_privacy,
@@ -268,3 +269,8 @@ class ClassTrainings:
             path.unlink(missing_ok=True)
         for path in run.directory.glob("reference-*.npz"):
             path.unlink(missing_ok=True)
+
+
+def _accuracy(model: LogisticRegression, X: np.ndarray, y: np.ndarray, dataset: Any) -> float:
+    """A model's accuracy on raw features, preprocessed as the model records."""
+    return float(np.mean(model.predict(model_inputs(model, X, dataset)) == y))

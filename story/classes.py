@@ -11,6 +11,7 @@ new drawings read by the MNIST model and the class model side by side.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,14 +20,19 @@ from typing import Any
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
+from fhe_model.developer import DEFAULT_N_BITS
 from fl_training import local_data
 from fl_training.config import TrainingConfig
 from fl_training.drawings import DrawingError, drawing_to_features
+from fl_training.preprocessing import model_inputs
 from fl_training.simulation import TrainingResult
 from story.class_rules import ClassroomError, class_dataset, typed_code
 from story.class_training import ClassTrainings
 from story.classroom import Classrooms
+from story.shared_deployments import Lease, SharedDeployments
 from story.shared_trainings import SharedTrainings
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["Classes"]
 
@@ -44,16 +50,24 @@ class Classes:
         Where class runs keep their files.
     rooms : Classrooms, optional
         The classes (bounds and clock), by default a new :class:`Classrooms`.
+    deployments : SharedDeployments, optional
+        The app's compiled deployments: a class model is compiled and deployed as soon as it is
+        trained, before the room asks for it (the compile form's defaults), and kept while its
+        class lasts. Without it, the first participant's compile does it.
     """
 
     def __init__(self, trainings: SharedTrainings, mnist_config: TrainingConfig,
-                 root: str | Path | None = None, rooms: Classrooms | None = None):
+                 root: str | Path | None = None, rooms: Classrooms | None = None,
+                 deployments: SharedDeployments | None = None):
         self._shared = trainings
         self._mnist_config = mnist_config
         self._mnist: LogisticRegression | None = None
         self._mnist_lock = threading.Lock()
         self.rooms = rooms or Classrooms()
         self.trainings = ClassTrainings(self.mnist_model, root)
+        self._deployments = deployments
+        self._ahead: dict[str, Lease] = {}  # class code → the deployment of its class model
+        self._ahead_lock = threading.Lock()
 
     def mnist_model(self) -> LogisticRegression:
         """The app's MNIST model (the default training's; trained now if the launch has not finished it)."""
@@ -95,12 +109,47 @@ class Classes:
         code = self._code_of(class_code)
         rows = [(pid, nicknames.get(pid, "?"), X, y) for pid, X, y in data]
         yield from self.trainings.train(code, rows, **settings)
+        run = self.trainings.run_of(code)
+        if run is not None and run.model is not None and self._deployments is not None:
+            threading.Thread(target=self._deploy_ahead, args=(code, run.model), daemon=True,
+                             name=f"class-deployment-{code}").start()
+
+    def _deploy_ahead(self, code: str, model: LogisticRegression) -> None:
+        """Compile and deploy a fresh class model while the room reads its result (one compile for all)."""
+        try:
+            lease = self._deployments.acquire(model, class_dataset(), DEFAULT_N_BITS, "data")
+        except Exception:  # the first participant's own compile meets (and reports) the same problem
+            logger.warning("could not compile class %s's model ahead of the room", code, exc_info=True)
+            return
+        with self._ahead_lock:
+            previous = self._ahead.pop(code, None)
+            self._ahead[code] = lease
+            gone = [c for c in self._ahead if not self.rooms.is_open(c)]
+            released = [previous] + [self._ahead.pop(c) for c in gone]
+        for old in released:
+            if old is not None:
+                old.release()
+        try:
+            self._deployments.server.start()
+            lease.remote.ensure()  # the FHE server loads it before the room's first key upload
+        except Exception:
+            logger.warning("could not deploy class %s's model ahead of the room", code, exc_info=True)
+
+    def _release_ahead(self, code: str | None = None) -> None:
+        with self._ahead_lock:
+            leases = list(self._ahead.values()) if code is None else [self._ahead.pop(code, None)]
+            if code is None:
+                self._ahead.clear()
+        for lease in leases:
+            if lease is not None:
+                lease.release()
 
     def close(self, class_code: str, teacher_key: str) -> None:
         """Close the class: people, drawings, runs and the class model are deleted."""
         self.rooms.close_class(class_code, teacher_key)  # checks the teacher key
         code = self._code_of(class_code)
         self.trainings.close(code)
+        self._release_ahead(code)
 
     # -- a participant -------------------------------------------------------------------
 
@@ -109,6 +158,30 @@ class Classes:
         joined = self.rooms.join(class_code, nickname)
         return {"class_code": joined.class_code, "participant": joined.participant_id,
                 "nickname": joined.nickname, "next_label": 0}
+
+    def seat(self, class_code: str, participant_id: str) -> dict[str, Any]:
+        """A participant's view: ``class_code``, ``nickname``, ``drawings``, ``per_label``, ``next_label``."""
+        nickname = self.rooms.nickname_of(class_code, participant_id)
+        summary = self.rooms.summary(class_code, participant_id)
+        return {"class_code": self._code_of(class_code), "nickname": nickname, "drawings": summary.drawings,
+                "per_label": summary.per_label, "next_label": summary.next_label}
+
+    def run_view(self, class_code: str, participant_id: str) -> dict[str, Any]:
+        """The class run as every participant sees it, round by round: ``state`` (``"collecting"`` before
+        any run), ``participants``, ``rounds``, ``left_during_training``, ``result`` (None until trained).
+
+        The room's size only: who drew what stays on the teacher's console.
+        """
+        seat = self.seat(class_code, participant_id)
+        view: dict[str, Any] = {"class_code": seat["class_code"], "state": "collecting", "rounds": [],
+                                "left_during_training": [], "result": None,
+                                "participants": self.rooms.size(class_code)}
+        run = self.trainings.run_of(seat["class_code"])
+        if run is not None:
+            view.update(state=run.state, rounds=list(run.rounds), left_during_training=list(run.left))
+            if run.summary is not None:
+                view["result"] = {k: v for k, v in run.summary.items() if k != "history"}
+        return view
 
     def add_drawing(self, class_code: str, participant_id: str, drawing: Any, label: Any) -> dict[str, Any]:
         """Keep one labelled drawing: ``drawings``, ``per_label``, ``next_label``."""
@@ -154,15 +227,18 @@ class Classes:
         except DrawingError as exc:
             raise ClassroomError(str(exc)) from exc
         mnist = self.mnist_model()
+        # Each model reads the drawing preprocessed as it records (e.g. deskewed).
+        x_mnist, x_class = (model_inputs(m, x, class_dataset()) for m in (mnist, model))
         return {
-            "mnist_prediction": int(mnist.predict(x)[0]),
-            "class_prediction": int(model.predict(x)[0]),
-            "mnist_probabilities": np.round(mnist.predict_proba(x)[0], 4).tolist(),
-            "class_probabilities": np.round(model.predict_proba(x)[0], 4).tolist(),
+            "mnist_prediction": int(mnist.predict(x_mnist)[0]),
+            "class_prediction": int(model.predict(x_class)[0]),
+            "mnist_probabilities": np.round(mnist.predict_proba(x_mnist)[0], 4).tolist(),
+            "class_probabilities": np.round(model.predict_proba(x_class)[0], 4).tolist(),
         }
 
     def close_all(self) -> None:
         self.trainings.close_all()
+        self._release_ahead()
 
     def _code_of(self, class_code: Any) -> str:
         return typed_code(class_code)

@@ -358,6 +358,22 @@ class Classrooms:
         with self._lock:
             return self._member(class_code, participant_id)[1].summary()
 
+    def is_open(self, class_code: str) -> bool:
+        """True while the class is open (not closed, not expired)."""
+        with self._lock:
+            self._sweep()
+            return typed_code(class_code) in self._rooms
+
+    def size(self, class_code: str) -> int:
+        """How many participants the class has."""
+        with self._lock:
+            return len(self._room(class_code).members)
+
+    def nickname_of(self, class_code: str, participant_id: str) -> str:
+        """A participant's nickname (for their own page, e.g. after a reload)."""
+        with self._lock:
+            return self._member(class_code, participant_id)[1].nickname
+
     def own_drawings(self, class_code: str, participant_id: str) -> tuple[str, np.ndarray, np.ndarray]:
         """A participant's nickname and drawings (copies), for their own export or side-by-side reading."""
         with self._lock:

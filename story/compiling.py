@@ -7,8 +7,39 @@ from typing import Any
 
 from fhe_model import developer
 from fl_training.datasets import load_dataset
+from fl_training.validation import SettingError, bound_from_env
 from story.base import SessionCore
 from story.stages import CompiledStage
+
+#: A sweep's work: samples run through a circuit, ``len(n_bits_values) × (SWEEP_CALIBRATION_SAMPLES
+#: + samples)``. The app's sweep (5 values × (300 + 200)) is 2,500 and holds the app's one worker for
+#: heavy events for as long as five compiles (README: a compile of mnist takes 0.5 s alone, 2–7 s
+#: beside other visitors); the bound is twice that, so that no sweep holds it much longer.
+#: ``$FHE_DEMO_MAX_SWEEP_WORK`` replaces it (a local run).
+MAX_SWEEP_WORK = 5_000
+#: Environment variable: the largest work a sweep may ask for.
+MAX_SWEEP_WORK_ENV = "FHE_DEMO_MAX_SWEEP_WORK"
+
+
+def check_sweep_work(n_values: int, samples: int) -> None:
+    """Refuse a sweep whose work is above ``$FHE_DEMO_MAX_SWEEP_WORK`` (default :data:`MAX_SWEEP_WORK`).
+
+    Raises
+    ------
+    SettingError
+        With the sweep's work, the largest allowed, what to lower and how to
+        raise the bound for a local run.
+    """
+    work = n_values * (developer.SWEEP_CALIBRATION_SAMPLES + max(int(samples), 0))
+    allowed = bound_from_env(MAX_SWEEP_WORK_ENV, MAX_SWEEP_WORK)
+    if work > allowed:
+        raise SettingError(
+            f"This n_bits sweep is too much work: {n_values} values × "
+            f"({developer.SWEEP_CALIBRATION_SAMPLES} calibration + {samples} scored samples) = {work:,} "
+            f"samples through a circuit; the largest "
+            f"allowed is {allowed:,}. Sweep fewer values or score fewer samples. For a sweep on your own "
+            f"machine, raise the bound: start it with the environment variable {MAX_SWEEP_WORK_ENV}={work}."
+        )
 
 
 class CompileSteps(SessionCore):
@@ -79,7 +110,8 @@ class CompileSteps(SessionCore):
     ) -> list[dict[str, Any]]:
         """Compile the model at several ``n_bits`` and score each on a test subset.
 
-        The session's deployment is not changed.
+        The session's deployment is not changed. The sweep stops (no further
+        compile starts) once the session closes: its page was closed.
 
         Parameters
         ----------
@@ -98,11 +130,18 @@ class CompileSteps(SessionCore):
             One row per value: ``n_bits``, ``max_bit_width``, ``compile_seconds``,
             ``accuracy_clear``, ``accuracy_fhe_simulated``.
         """
+        check_sweep_work(len(n_bits_values), samples)  # at once, before the step starts
         with self._step("the n_bits sweep"):
             stage = self._require_model()
+
+            def after_value(done: int, total: int) -> None:
+                self._stop_if_closed()  # its page closed: no further compile starts
+                if progress is not None:
+                    progress(done, total)
+
             reports = developer.n_bits_sweep(
                 stage.model, load_dataset(stage.dataset), n_bits_values,
-                calibration=calibration, samples=samples, progress=progress,
+                calibration=calibration, samples=samples, progress=after_value,
             )
             return [
                 {

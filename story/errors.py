@@ -24,12 +24,17 @@ SESSION_ENDED = (
     "This session has ended (the tab was closed or stayed idle too long) and its keys "
     "were deleted. Reload the page to start again."
 )
+SESSION_RECLAIMED = (
+    "This session was closed to make room for another visitor: the demo was full and it had been "
+    "idle for several minutes; its keys were deleted. Reload the page to start again."
+)
 
 #: What each missing step tells the visitor to do, in the order of the story.
 NEEDS_MODEL = (
     "No model yet: train one in tab 1 (Federated training → Start federated training) "
     "or upload a .skops model there first."
 )
+NO_MODEL_FILE = "No file: choose a .skops model file to upload."
 NEEDS_COMPILE = "The model is not compiled yet: run tab 2 (Convert & compile → Compile) first."
 NEEDS_KEYS = "No keys yet: run step ① Key generation first."
 NEEDS_ENCRYPTION = "Nothing is encrypted for this input yet: encrypt this input first (step ② Encryption)."

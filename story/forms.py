@@ -27,6 +27,7 @@ from fl_training.config import (
     STRATEGIES,
     TRAINING_CONSTRAINTS,
     TrainingConfig,
+    check_fits_dataset,
 )
 from fl_training.datasets import (
     DATASET_NAMES,
@@ -110,6 +111,17 @@ def download_note(dataset: str) -> str:
     )
 
 
+def check_runnable(cfg: TrainingConfig) -> None:
+    """Refuse a training the dataset cannot serve or past the work budget, before a session is opened for it.
+
+    Raises
+    ------
+    SettingError
+        As :func:`fl_training.config.check_fits_dataset` (the run's own entry checks it again).
+    """
+    check_fits_dataset(cfg, load_dataset(cfg.dataset))
+
+
 __all__ = [
     "CALIBRATION_MODES",
     "DATASET_NAMES",
@@ -130,6 +142,7 @@ __all__ = [
     "TrainingConfig",
     "check_image_file",
     "download_note",
+    "check_runnable",
     "class_rounds_bounds",
     "label_preview",
     "n_bits_bounds",

@@ -20,6 +20,7 @@ from fhe_model.connection import RemoteKeys
 from fhe_model.http_client import FHEServerError
 from fl_training.datasets import load_dataset
 from fl_training.drawings import drawing_to_features
+from fl_training.preprocessing import model_inputs, model_preprocessing
 from fl_training.validation import one_of, whole_number
 from story.base import SessionCore
 from story.errors import StepError
@@ -60,9 +61,11 @@ class InferenceSteps(SessionCore):
         with self._step("key generation"):
             start = time.perf_counter()
             stage = self._require_deployment()
+            expected = model_preprocessing(self._require_model().model)
             key_dir = self._new_key_dir()
             try:
-                client = FHEClient(stage.files.directory, key_dir)
+                # A deployment that preprocesses otherwise than the session's model is refused here.
+                client = FHEClient(stage.files.directory, key_dir, expect_preprocessing=expected)
                 setup_seconds = time.perf_counter() - start
                 keygen = client.generate_keys()
                 try:
@@ -101,7 +104,16 @@ class InferenceSteps(SessionCore):
         }
 
     def prepare_drawing(self, drawing: Any) -> np.ndarray:
-        """A drawing as the model sees it: prepared like its dataset's images (nothing is stored).
+        """A drawing as the model sees it (nothing is stored).
+
+        Prepared like its dataset's images (cropped, scaled, centred), then
+        preprocessed as the model records (e.g. deskewed): exactly what step ②
+        quantizes and encrypts.
+
+        Returns
+        -------
+        ndarray of shape (n_features,)
+            The model's input; ``self.dataset.image_shape`` gives its picture.
 
         Raises
         ------
@@ -110,7 +122,14 @@ class InferenceSteps(SessionCore):
         DrawingError
             If the dataset is tabular, or the drawing is blank or not an image.
         """
-        return drawing_to_features(drawing, load_dataset(self._require_model().dataset))
+        model = self._require_model()
+        dataset = load_dataset(model.dataset)
+        return model_inputs(model.model, drawing_to_features(drawing, dataset), dataset)
+
+    @property
+    def input_preprocessing(self) -> str | None:
+        """What the current model's inputs get (``"none"``, ``"deskew"``); None without a model."""
+        return model_preprocessing(self.model.model) if self.model is not None else None
 
     def sample(self, index: Any) -> tuple[np.ndarray, int]:
         """Return test sample ``index`` of the model's dataset and its label.
@@ -303,7 +322,10 @@ class InferenceSteps(SessionCore):
             output = self._require_server_output()
             keys, encrypted, model = self._require_keys(), self._require_encrypted(), self._require_model()
             result = keys.client.decrypt(output.ciphertext)
-            clear_probabilities = model.model.predict_proba(encrypted.x[None, :])[0]
+            # The clear model sees what was encrypted: the raw input after the same preprocessing.
+            dataset = load_dataset(model.dataset)
+            clear_input = model_inputs(model.model, encrypted.x[None, :], dataset)
+            clear_probabilities = model.model.predict_proba(clear_input)[0]
             clear_prediction = int(model.model.classes_[int(np.argmax(clear_probabilities))])
             self.decrypted = DecryptedStage(result, clear_prediction, clear_probabilities)
             return self.decryption_summary()
@@ -391,12 +413,15 @@ class InferenceSteps(SessionCore):
                 "error": first.error,
             }
             if first.decrypted:
-                others = (self._decrypt_with_fresh_keys(stage, output.ciphertext) for _ in range(tries - 1))
-                wrong = [first.prediction] + [other.prediction for other in others]
+                wrong = [first.prediction]
+                for _ in range(tries - 1):
+                    self._stop_if_closed()  # its page closed: no further key is made
+                    wrong.append(self._decrypt_with_fresh_keys(stage, output.ciphertext).prediction)
                 dataset = load_dataset(model.dataset)
                 samples = min(samples, len(dataset.X_test))
                 private_right = wrong_right = 0
                 for i in range(samples):
+                    self._stop_if_closed()
                     ciphertext = keys.client.encrypt(dataset.X_test[i]).ciphertext
                     answer, _retried = self._predict(keys, ciphertext)
                     label = int(dataset.y_test[i])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fhe_model.connection import FHEServerHandle
 from fl_training import simulation
-from story.registry import SessionRegistry
+from story.registry import SessionRegistry, max_sessions_from_env
 
 
 def start_training_runtime() -> None:
@@ -17,8 +17,9 @@ def start_training_runtime() -> None:
 
 
 def registry_from_env() -> SessionRegistry:
-    """The app's sessions, using the FHE server that ``$FHE_SERVER_URL`` names (a local one otherwise)."""
-    return SessionRegistry(FHEServerHandle.from_env())
+    """The app's sessions, using the FHE server that ``$FHE_SERVER_URL`` names (a local one otherwise),
+    bounded by ``$FHE_DEMO_MAX_SESSIONS`` (see :func:`story.registry.max_sessions_from_env`)."""
+    return SessionRegistry(FHEServerHandle.from_env(), max_sessions=max_sessions_from_env())
 
 
 def shut_down(registry: SessionRegistry) -> None:

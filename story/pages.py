@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 from story.errors import StepError
 from story.registry import SessionRegistry
-from story.resume import looks_like_token, new_token
 from story.session import DemoSession
 
 
@@ -40,23 +39,23 @@ def open_page(registry: SessionRegistry, page_id: str, token: object) -> PageSta
         The new page's UI session id.
     token : object
         What the browser sent: a token from an earlier :class:`PageStart`, or
-        anything else (then a new token is issued and nothing is resumed).
+        anything else (then nothing is resumed).
 
     Returns
     -------
     PageStart
-        The token to keep in the browser, and the resumed session, if any.
+        A new token to keep in the browser (the one sent is retired: it works
+        once), and the resumed session, if any.
     """
     resumptions = registry.resumptions
     resumptions.sweep()
-    if not looks_like_token(token):
-        token = new_token()
-        resumptions.remember(page_id, token)
-        return PageStart(token, None, "")
     parked = resumptions.take(token)
     previous = parked or registry.get(resumptions.page_of(token))
-    if previous is None or previous is registry.get(page_id) or previous.model is None:
-        resumptions.remember(page_id, token)
+    token = resumptions.rotate(token)  # the token sent works once: a copy of it resumes nothing
+    resumptions.remember(page_id, token)
+    if previous is None or previous is registry.get(page_id) or not previous.resumable():
+        if parked is not None:
+            parked.close()
         return PageStart(token, None, "")
     try:
         session = registry.resolve(None, page_id)
@@ -64,10 +63,25 @@ def open_page(registry: SessionRegistry, page_id: str, token: object) -> PageSta
     finally:
         if parked is not None:
             parked.close()
-    resumptions.remember(page_id, token)
     if not resumed:
         return PageStart(token, None, "")
-    message = "Resumed your model from before the reload"
+    return PageStart(token, session, _resumed_message(session))
+
+
+def _resumed_message(session: DemoSession) -> str:
+    """What the reloaded page took over: the model (and its deployment, with new keys), its class place."""
+    parts = []
+    if session.model is not None:
+        parts.append(_resumed_model(session))
+    if session.teaching is not None:
+        parts.append(f"your console of class {session.teaching[0]} (tab 5)")
+    if session.seat is not None:
+        parts.append(f"your seat in class {session.seat[0]} with your drawings (tab 5)")
+    return "Resumed " + "; and ".join(parts) + "."
+
+
+def _resumed_model(session: DemoSession) -> str:
+    message = "your model from before the reload"
     if session.deployment is not None:
         message += " and its compiled deployment"
         try:
@@ -75,7 +89,7 @@ def open_page(registry: SessionRegistry, page_id: str, token: object) -> PageSta
             message += "; a new private key was generated for this page (the old one was deleted)"
         except (StepError, ValueError, RuntimeError) as exc:
             message += f"; new keys could not be generated ({exc}): run step ① again"
-    return PageStart(token, session, message + ".")
+    return message
 
 
 def close_page(registry: SessionRegistry, page_id: str | None) -> None:
@@ -89,5 +103,9 @@ def close_page(registry: SessionRegistry, page_id: str | None) -> None:
         The closed page's UI session id.
     """
     session = registry.detach(page_id)
-    if session is not None and not registry.resumptions.park(page_id, session):
+    if session is not None and registry.resumptions.park(page_id, session):
+        return
+    if page_id is not None:
+        registry.resumptions.forget_page(page_id)  # its token expires with it
+    if session is not None:
         session.close()

@@ -28,7 +28,7 @@ from fl_training.datasets import load_dataset
 from fl_training.simulation import TrainingResult
 from fl_training.task import TrainingConfig, baseline_accuracy
 from story.classes import Classes
-from story.errors import StepError
+from story.errors import SESSION_RECLAIMED, StepError
 from story.forms import TRAINING_FORM
 from story.resume import Resumptions
 from story.session import DemoSession
@@ -39,13 +39,28 @@ logger = logging.getLogger(__name__)
 
 #: A session idle for this long is wiped even if the tab never said goodbye.
 DEFAULT_IDLE_TTL_SECONDS = 3600.0
-#: Sessions alive at once (each may hold a model, a compiled circuit, keys and
-#: a batch evaluation's results). Far more than 2 vCPUs serve at once.
-DEFAULT_MAX_SESSIONS = 32
-#: What a visitor past :data:`DEFAULT_MAX_SESSIONS` reads.
+#: Sessions alive at once, sized from what one costs (``benchmarks/session_cost.py``, mnist-5k):
+#: an idle session < 5 KB; a full one (model, keys, ciphertexts, decryption, an evaluation) sharing
+#: the defaults' deployment 0.2 MB and 85 KB of disk; a full one with a compile of its own 7.6 MB in
+#: the app, 5.6 MB in the FHE server (which keeps at most 16 deployments) and 99 KB of disk. 256 of
+#: the costliest kind take ~2 GB besides the app's own 3.7–5 GB (README, "Memory"): well within a
+#: 16 GB Space, with room for compiles' and evaluations' peaks. CPU, not memory, limits a room.
+DEFAULT_MAX_SESSIONS = 256
+#: Environment variable: the session bound of this app (a whole number ≥ 1).
+MAX_SESSIONS_ENV = "FHE_DEMO_MAX_SESSIONS"
+#: Once the bound is reached, a session idle this long may be closed to make room for a new
+#: visitor, the least recently active first: long enough that a visitor reading, listening or
+#: drawing between two steps keeps theirs, short enough that sessions a script opened and left
+#: make room within minutes. Active and busy sessions are never reclaimed.
+RECLAIM_IDLE_SECONDS = 180.0
+#: A session that holds nothing (no model, no class) may be reclaimed after this much idleness:
+#: nothing is lost, and its page gets a fresh session on its next click.
+RECLAIM_EMPTY_IDLE_SECONDS = 30.0
+#: What a visitor past the bound reads (no session could be reclaimed).
 SESSIONS_FULL = (
-    "The demo is at capacity: {count} visitors' sessions are open right now. Nothing was "
-    "started for you; please retry in a few minutes (idle sessions close after {ttl} minutes)."
+    "The demo is at capacity: {count} visitors' sessions are open and all were used in the last "
+    "{reclaim} minutes. Nothing was started for you; please retry in a few minutes (a session idle "
+    "for {reclaim} minutes makes room)."
 )
 #: Logged once :meth:`SessionRegistry.prepare`'s work is done (``could not prepare`` if it failed).
 PREPARED_MESSAGE = "the app's defaults are ready"
@@ -54,6 +69,23 @@ KEYS_ROOT_PREFIX = "fhe-demo-keys-"
 WORK_ROOT_PREFIX = "fhe-demo-work-"
 #: An unlocked root younger than this may be one another app is creating right now.
 _STALE_GRACE_SECONDS = 60.0
+
+
+def max_sessions_from_env() -> int:
+    """The session bound: ``$FHE_DEMO_MAX_SESSIONS`` or :data:`DEFAULT_MAX_SESSIONS`.
+
+    Raises
+    ------
+    ValueError
+        If the variable is set to anything but a whole number ≥ 1 (the app does not start).
+    """
+    raw = os.environ.get(MAX_SESSIONS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_SESSIONS
+    if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:
+        raise ValueError(f"{MAX_SESSIONS_ENV} must be a whole number of sessions ≥ 1 (the default is "
+                         f"{DEFAULT_MAX_SESSIONS}), got {raw[:40]!r}.")
+    return int(raw)
 
 
 def _lock_dir(path: Path) -> int:
@@ -121,7 +153,12 @@ class SessionRegistry:
         close was never reported).
     max_sessions : int
         Sessions with an id alive at once; past it, :meth:`resolve` first
-        wipes idle ones, then refuses new sessions with :data:`SESSIONS_FULL`.
+        wipes expired ones, then reclaims the least recently active session
+        idle for ``reclaim_idle_seconds`` (one holding nothing after
+        :data:`RECLAIM_EMPTY_IDLE_SECONDS`), then refuses new sessions with
+        :data:`SESSIONS_FULL`. A busy session is never reclaimed.
+    reclaim_idle_seconds : float
+        Idleness after which a session may be reclaimed once the bound is reached.
     temp_dir : path-like, optional
         Where the key and work directories go (default: the system temp
         directory); stale ones found there are deleted first.
@@ -134,12 +171,14 @@ class SessionRegistry:
         server: FHEServerHandle,
         idle_ttl_seconds: float = DEFAULT_IDLE_TTL_SECONDS,
         max_sessions: int = DEFAULT_MAX_SESSIONS,
+        reclaim_idle_seconds: float = RECLAIM_IDLE_SECONDS,
         temp_dir: str | os.PathLike | None = None,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.server = server
         self.idle_ttl_seconds = idle_ttl_seconds
         self.max_sessions = max_sessions
+        self.reclaim_idle_seconds = reclaim_idle_seconds
         self._clock = clock
         remove_stale_roots(temp_dir)
         #: Parent of every session's private-key directory; never served.
@@ -153,7 +192,8 @@ class SessionRegistry:
         #: Compiled deployments shared by sessions with the same model and settings.
         self.deployments = SharedDeployments(server, self.work_root / "deployments")
         #: The classes whose participants' drawings train a class model (story.classes).
-        self.classes = Classes(self.trainings, TRAINING_FORM, root=self.work_root)
+        self.classes = Classes(self.trainings, TRAINING_FORM, root=self.work_root,
+                               deployments=self.deployments)
         self._sessions: dict[str, DemoSession] = {}
         #: Sessions of closed pages, kept for a while so that a reload resumes them (story.resume).
         self.resumptions = Resumptions()
@@ -221,12 +261,14 @@ class SessionRegistry:
         """A session not tied to an id (tests, scripts); :meth:`close_all` wipes it too."""
         session = DemoSession(self.server, self.keys_root, self.work_root,
                               trainings=self.trainings, deployments=self.deployments, classes=self.classes)
-        session.last_used = self._clock()
+        session.use_clock(self._clock)
         with self._all_lock:
             self._all.add(session)
         return session
 
-    def resolve(self, session: DemoSession | None, session_id: str | None) -> DemoSession:
+    def resolve(
+        self, session: DemoSession | None, session_id: str | None, *, opens: bool = True
+    ) -> DemoSession:
         """Return the caller's session, creating it on first use.
 
         Parameters
@@ -236,40 +278,83 @@ class SessionRegistry:
         session_id : str or None
             The UI framework's id of the browser session (a dictionary key,
             never part of a path).
+        opens : bool
+            False for a step that cannot succeed without something a session
+            built (a model): a caller who has no session gets a blank one that
+            is neither kept nor counted, on which the step refuses with its own
+            message (its values first, then the missing step); a scripted
+            ``/decrypt`` from a fresh client leaves nothing behind.
 
         Returns
         -------
         DemoSession
-            The session; a closed one is returned as is (its steps explain).
+            The session; a closed one is returned as is (its steps explain),
+            unless it was reclaimed holding nothing (then a fresh one).
 
         Raises
         ------
         StepError
-            If a new session would exceed ``max_sessions`` (nothing is created).
+            If a new session would exceed ``max_sessions`` and none can be
+            reclaimed (nothing is created).
         """
         self._ensure_sweeper()
-        with self._lock:
-            if session is None and session_id is not None:
-                session = self._sessions.get(session_id)
-            known = session is not None and any(s is session for s in self._sessions.values())
-            if session_id is not None and not known and (session is None or not session.closed):
-                self._make_room_locked()
-            if session is None:
-                session = self.new_session()
-            if session_id is not None and not session.closed:
-                self._sessions[session_id] = session
-        session.last_used = self._clock()
-        return session
+        leaving: list[tuple[DemoSession, str | None, bool]] = []
+        try:
+            with self._lock:
+                if session is None and session_id is not None:
+                    session = self._sessions.get(session_id)
+                if session is not None and session.closed and session.reclaimed_empty:
+                    session = None  # it held nothing: the page carries on with a fresh one
+                if session is None and not opens:
+                    return self.new_session()  # blank, never registered: gone after the call
+                known = session is not None and any(s is session for s in self._sessions.values())
+                if session_id is not None and not known and (session is None or not session.closed):
+                    self._make_room_locked(leaving)
+                if session is None:
+                    session = self.new_session()
+                if session_id is not None and not session.closed:
+                    self._sessions[session_id] = session
+                session.last_used = self._clock()
+            return session
+        finally:  # wiping talks to the FHE server: never while holding the registry's lock
+            for gone, reason, empty in leaving:
+                gone.close(reason=reason, reclaimed_empty=empty)
 
-    def _make_room_locked(self) -> None:
+    def _make_room_locked(self, leaving: list[tuple[DemoSession, str | None, bool]]) -> None:
+        """Make room for one session; what must be wiped is added to ``leaving`` (wiped after the lock)."""
         if len(self._sessions) < self.max_sessions:
             return
-        for session in self._pop_idle_locked():
-            session.close()
-        if len(self._sessions) >= self.max_sessions:
-            logger.warning("refused a new session: %d sessions open", len(self._sessions))
-            raise StepError(SESSIONS_FULL.format(count=len(self._sessions),
-                                                 ttl=round(self.idle_ttl_seconds / 60)))
+        leaving += [(session, None, False) for session in self._pop_idle_locked()]
+        if len(self._sessions) < self.max_sessions:
+            return
+        reclaimed = self._pop_reclaimable_locked()
+        if reclaimed is not None:
+            empty = reclaimed.holds_nothing
+            logger.info("reclaimed a session idle for %.0f s to make room (%s)",
+                        self._clock() - reclaimed.last_used, "empty" if empty else "with a model or class")
+            leaving.append((reclaimed, None if empty else SESSION_RECLAIMED, empty))
+            return
+        logger.warning("refused a new session: %d sessions open, none idle", len(self._sessions))
+        raise StepError(SESSIONS_FULL.format(count=len(self._sessions),
+                                             reclaim=round(self.reclaim_idle_seconds / 60)))
+
+    def _pop_reclaimable_locked(self) -> DemoSession | None:
+        """The least recently active session that may make room (empty ones first), removed from the map."""
+        now = self._clock()
+
+        def reclaimable(s: DemoSession) -> bool:
+            idle = now - s.last_used
+            return not s.busy and (
+                idle >= self.reclaim_idle_seconds or (s.holds_nothing and idle >= RECLAIM_EMPTY_IDLE_SECONDS)
+            )
+
+        candidates = [(not s.holds_nothing, s.last_used, sid) for sid, s in self._sessions.items()
+                      if reclaimable(s)]
+        if not candidates:
+            return None
+        session_id = min(candidates)[2]
+        self.resumptions.forget_page(session_id)
+        return self._sessions.pop(session_id)
 
     def _pop_idle_locked(self) -> list[DemoSession]:
         now = self._clock()
@@ -277,6 +362,8 @@ class SessionRegistry:
             sid for sid, s in self._sessions.items()
             if s.closed or (not s.busy and now - s.last_used > self.idle_ttl_seconds)
         ]
+        for sid in stale:
+            self.resumptions.forget_page(sid)  # their pages' tokens expire with them
         return [self._sessions.pop(sid) for sid in stale]
 
     def get(self, session_id: str | None) -> DemoSession | None:
@@ -304,6 +391,7 @@ class SessionRegistry:
             return
         with self._lock:
             session = self._sessions.pop(session_id, None)
+        self.resumptions.forget_page(session_id)  # its page's token expires with it
         if session is not None:
             session.close()
 

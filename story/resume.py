@@ -2,8 +2,13 @@
 
 The browser keeps one thing: an opaque token (:func:`new_token`, random,
 never a path or a session id). Each page tells :class:`Resumptions` its token
-when it loads. When a page closes, its session is *parked*: its private key
-and everything after the deployment are deleted at once, the model and the
+when it loads, and gets a new one in exchange (:meth:`Resumptions.rotate`): a
+token works once, so a leaked old one can no longer take a session over. A
+token expires with its session: it is forgotten when its page's session ends
+(closed, idle, reclaimed) or its parked session is wiped.
+
+When a page closes, its session is *parked*: its private key and everything
+after the deployment are deleted at once, the model and the
 deployment are kept for :data:`PARK_SECONDS`. A page that loads with the same
 token takes them over (:meth:`story.base.SessionCore.resume_from`) and makes
 keys of its own. A reload whose new page arrives before the old one has said
@@ -79,6 +84,33 @@ class Resumptions:
         with self._lock:
             self._token_of_page[page_id] = token
             self._page_of_token[token] = page_id
+
+    def rotate(self, token: object) -> str:
+        """Retire ``token`` (it will never resume anything again) and return a fresh one.
+
+        Parameters
+        ----------
+        token : object
+            What a loading page's browser sent (anything: unknown values are ignored).
+
+        Returns
+        -------
+        str
+            The token the browser keeps from now on (record it with :meth:`remember`).
+        """
+        if looks_like_token(token):
+            with self._lock:
+                page = self._page_of_token.pop(token, None)
+                if page is not None and self._token_of_page.get(page) == token:
+                    del self._token_of_page[page]
+        return new_token()
+
+    def forget_page(self, page_id: str) -> None:
+        """The session of ``page_id`` ended without being parked: its token expires with it."""
+        with self._lock:
+            token = self._token_of_page.pop(page_id, None)
+            if token is not None and self._page_of_token.get(token) == page_id:
+                del self._page_of_token[token]
 
     def page_of(self, token: object) -> str | None:
         """The newest page (UI session id) of the browser with ``token``, if it is known."""

@@ -25,11 +25,12 @@ from concurrency.single_flight import SingleFlight
 from fhe_model import developer
 from fhe_model.connection import FHEServerHandle, RemoteDeployment
 from fl_training.datasets import Dataset
+from fl_training.preprocessing import model_preprocessing
 
 
 def model_digest(model: LogisticRegression, dataset: str) -> str:
-    """A fingerprint of what a circuit is compiled from: the weights, the classes and the dataset."""
-    digest = hashlib.sha256(dataset.encode())
+    """What a circuit is compiled from: the weights, the classes, the dataset, the preprocessing."""
+    digest = hashlib.sha256(f"{dataset}:{model_preprocessing(model)}".encode())
     for array in (model.coef_, model.intercept_, model.classes_):
         array = np.ascontiguousarray(array)
         digest.update(f"{array.dtype.str}{array.shape}".encode())

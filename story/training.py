@@ -12,13 +12,14 @@ from typing import Any
 from fl_training.config import TrainingConfig
 from fl_training.datasets import load_dataset
 from fl_training.model_io import check_model_fits, load_model, save_model
+from fl_training.preprocessing import model_inputs
 from fl_training.runtime import QueueStatus
 from fl_training.server_app import RoundRecord
 from fl_training.simulation import TrainingResult
 from fl_training.task import baseline_accuracy
 from story.base import SessionCore
 from story.class_rules import CLASS_DATASET
-from story.errors import StepError
+from story.errors import NO_MODEL_FILE, StepError
 from story.shared_trainings import Joined
 from story.stages import Baseline, ModelStage
 
@@ -102,9 +103,9 @@ class TrainingSteps(SessionCore):
         """
         with self._step("training"):
             dataset = load_dataset(cfg.dataset)
-            # Once per dataset and app (concurrent visitors wait for the one computation).
+            # Once per dataset, preprocessing and app (concurrent visitors wait for the one computation).
             try:
-                baseline: float | None = baseline_accuracy(cfg.dataset)
+                baseline: float | None = baseline_accuracy(cfg.dataset, deskew=cfg.deskew)
             except Exception as exc:  # the baseline is a comparison, not a requirement
                 logger.warning("baseline training failed: %s", exc)
                 baseline = None
@@ -148,7 +149,7 @@ class TrainingSteps(SessionCore):
             summary = {
                 "source": "class",
                 "dataset": dataset.name,
-                "accuracy": float(model.score(dataset.X_test, dataset.y_test)),
+                "accuracy": float(model.score(model_inputs(model, dataset.X_test, dataset), dataset.y_test)),
                 "baseline_accuracy": None,
                 **{k: class_summary[k] for k in ("accuracy_room", "accuracy_room_before", "clients")
                    if k in class_summary},
@@ -180,12 +181,13 @@ class TrainingSteps(SessionCore):
             If it is not a safe model that fits the dataset.
         """
         if path is None or not Path(path).is_file():
-            raise StepError("No file: choose a .skops model file to upload.")
+            raise StepError(NO_MODEL_FILE)
         dataset = load_dataset(dataset_name)
         with self._step("the upload"):
             model = load_model(path)  # audited against the allow-list before anything is built
             check_model_fits(model, dataset)
-            accuracy = float(model.score(dataset.X_test, dataset.y_test))
+            # Scored on its own preprocessing: none for a model trained on raw pixels elsewhere.
+            accuracy = float(model.score(model_inputs(model, dataset.X_test, dataset), dataset.y_test))
             summary = {
                 "source": "uploaded",
                 "dataset": dataset.name,

@@ -3,6 +3,7 @@
 - ``launched_app``: the demo launched on 127.0.0.1, one per test module;
 - ``digits_model``, ``digits_deployment``, ``other_deployment``, ``keyed_client``,
   ``admin_token``: a small digits model compiled to FHE once per session;
+- ``deskew_digits_model``, ``deskew_deployment``: the same, deskewing its inputs;
 - ``image_bomb``: a PNG that is tiny on disk and huge once decoded.
 
 Fixtures of one package's tests only live in that folder's ``conftest.py``;
@@ -97,6 +98,25 @@ def digits_deployment(digits_model, tmp_path_factory) -> Built:
 def other_deployment(digits_model, tmp_path_factory) -> Built:
     """Another circuit (n_bits=3: other crypto parameters) for mismatch tests."""
     return _build(digits_model, tmp_path_factory.mktemp("fhe") / "digits-3", 3)
+
+
+@pytest.fixture(scope="session")
+def deskew_digits_model() -> LogisticRegression:
+    """A LogisticRegression trained on deskewed digits, recording it (as a deskewing MNIST model does)."""
+    from sklearn.linear_model import LogisticRegression
+
+    from fl_training.datasets import load_dataset
+    from fl_training.preprocessing import DESKEW, dataset_features, record_preprocessing
+
+    dataset = load_dataset("digits")
+    X_train = dataset_features(dataset, DESKEW)[0]
+    return record_preprocessing(LogisticRegression(max_iter=3000).fit(X_train, dataset.y_train), DESKEW)
+
+
+@pytest.fixture(scope="session")
+def deskew_deployment(deskew_digits_model, tmp_path_factory) -> Built:
+    """The deskewing digits model, n_bits=8, data calibration: its client deskews before it encrypts."""
+    return _build(deskew_digits_model, tmp_path_factory.mktemp("fhe") / "digits-deskew-8", 8)
 
 
 @pytest.fixture()

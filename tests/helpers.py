@@ -225,13 +225,16 @@ class LaunchedApp:
 
 
 @contextlib.contextmanager
-def running_app() -> Iterator[LaunchedApp]:
-    """Launch the demo (and its local FHE server) on free loopback ports; stop both after."""
+def running_app(**registry_options: Any) -> Iterator[LaunchedApp]:
+    """Launch the demo (and its local FHE server) on free loopback ports; stop both after.
+
+    ``registry_options`` go to :class:`story.SessionRegistry` (e.g. a small ``max_sessions``).
+    """
     from app import build_demo, launch_options
     from fhe_model.connection import FHEServerHandle
     from story import SessionRegistry
 
-    registry = SessionRegistry(FHEServerHandle())
+    registry = SessionRegistry(FHEServerHandle(), **registry_options)
     registry.server.start()
     demo = build_demo(registry)
     port = free_port()

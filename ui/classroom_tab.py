@@ -14,13 +14,26 @@ import segno
 from story import DemoSession
 from story.forms import DEFAULT_CLASS_ROUNDS, class_rounds_bounds
 from ui import figures
-from ui.common import CLASS_DRAWINGS, LIGHT, TRAINING, DemoContext, lenient, pipeline_status, select_brush_js
-from ui.errors import user_errors
+from ui.common import (
+    CLASS_DRAWINGS,
+    LIGHT,
+    POLLS,
+    TRAINING,
+    DemoContext,
+    lenient,
+    pipeline_status,
+    select_brush_js,
+)
+from ui.errors import USER_ERRORS, user_errors
 from ui.files import serve_file
 from ui.inference_tab import BRUSH_PX, SKETCH_SIZE
 
 #: Selects the class sketchpad's brush (after joining, and after each drawing clears the canvas).
 SELECT_BRUSH_JS = select_brush_js("class-sketch")
+#: How often a participant's page asks how the class run goes (seconds): a room of phones polls at once.
+PARTICIPANT_REFRESH_SECONDS = 5.0
+#: The columns of the class run's table, a row per round.
+ROUND_COLUMNS = ("round", "MNIST test", "room's held-back drawings", "dropped")
 #: How often the teacher's console refreshes (seconds): live on a projector, cheap for the app.
 CONSOLE_REFRESH_SECONDS = 3.0
 
@@ -71,6 +84,10 @@ class Participant:
     compare_button: gr.Button
     compare_md: gr.Markdown
     result_json: gr.JSON
+    run_md: gr.Markdown
+    run_log: gr.Dataframe
+    progress_json: gr.JSON
+    timer: gr.Timer
 
 
 def join_url(request: gr.Request | None, join_path: str) -> str:
@@ -110,7 +127,7 @@ def rounds_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
               "" if r.get("accuracy_room") is None else f"{r['accuracy_room']:.1%}",
               r.get("dropped_clients", 0)]
              for r in rows]
-    return pd.DataFrame(table, columns=["round", "MNIST test", "room's held-back drawings", "dropped"])
+    return pd.DataFrame(table, columns=list(ROUND_COLUMNS))
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:
@@ -127,7 +144,32 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     )
 
 
-def build(ctx: DemoContext) -> None:
+@dataclass
+class Classroom:
+    """The tab's two panels, and the tabs that switch between them."""
+
+    tabs: gr.Tabs
+    participant: Participant
+    teacher: Teacher
+
+
+def run_markdown(view: dict[str, Any]) -> str:
+    """The class run as a participant's phone shows it."""
+    state, rows = view["state"], view["rounds"]
+    if state == "collecting":
+        return (f"**The class model:** not trained yet ({view['participants']} in the room). Keep drawing; "
+                "the teacher starts the training.")
+    if state == "failed":
+        return "**The class model:** the training failed; the teacher can start it again."
+    if state == "training":
+        done = f"round {rows[-1]['round']} done" if rows else "starting"
+        left = view["left_during_training"]
+        dropped = f"; dropped: {', '.join(left)}" if left else ""
+        return f"**The class model is training** ({done}{dropped}) …"
+    return summary_markdown(view["result"]) if view["result"] else "**The class model** is trained."
+
+
+def build(ctx: DemoContext) -> Classroom:
     """Create the Classroom tab inside the current ``gr.Tab``."""
     gr.Markdown(
         "## The room is the federation\nEveryone draws digits on their own phone; a class model is "
@@ -135,11 +177,55 @@ def build(ctx: DemoContext) -> None:
         "the app's memory for anyone else's (and can stay on your own machine: export them and join "
         "with a Flower SuperNode)."
     )
-    participant = _participant_panel()
-    with gr.Accordion("Teacher: open a class and train the class model", open=False):
-        teacher = _teacher_panel()
+    with gr.Tabs(selected="class-participant") as tabs:
+        with gr.Tab("Join and draw", id="class-participant"):
+            participant = _participant_panel()
+        with gr.Tab("Teacher's console", id="class-teacher"):
+            teacher = _teacher_panel()
     _wire_participant(ctx, participant)
+    _wire_progress(ctx, participant)
+    _wire_class_model(ctx, participant)
     _wire_teacher(ctx, teacher)
+    return Classroom(tabs, participant, teacher)
+
+
+def show_resumed_place(ctx: DemoContext, classroom: Classroom, started: Any, page_tabs: gr.Tabs) -> None:
+    """After a reload, show the page's class again: the teacher's console, or the seat and its drawings.
+
+    Parameters
+    ----------
+    ctx : DemoContext
+        The session state.
+    classroom : Classroom
+        The tab's components.
+    started : gradio event
+        The page's start (which resumed the session), to run after.
+    page_tabs : gr.Tabs
+        The page's tabs (the Classroom tab is brought to the front).
+    """
+    p, t = classroom.participant, classroom.teacher
+
+    def resumed_place(state: DemoSession | None = None, request: gr.Request = None):
+        place = state.class_place() if state is not None else {"teaching": None, "seat": None}
+        teaching, seat = place["teaching"], place["seat"]
+        if teaching is None and seat is None:
+            return (gr.skip(),) * 13
+        console = (code_html(teaching["class_code"], join_url(request, teaching["join_path"])),
+                   teaching["teacher_key"], gr.Timer(active=True)) if teaching else (gr.skip(),) * 3
+        if seat is None:
+            drawing = (gr.skip(),) * 7
+        else:
+            text = f"You are **{seat['nickname']}** in class **{seat['class_code']}** (back after a reload)."
+            drawing = (seat["class_code"], seat["nickname"], text, _prompt(seat["next_label"]),
+                       seat["next_label"], _counts(seat["per_label"]), gr.Timer(active=True))
+        selected = "class-participant" if seat is not None else "class-teacher"
+        return (*console, *drawing, gr.Tabs(selected=selected), gr.Tabs(selected="classroom"), state)
+
+    started.then(resumed_place, [ctx.state],
+                 [t.code_html, t.teacher_key, t.timer, p.code, p.nickname, p.joined_md, p.prompt_md, p.label,
+                  p.counts, p.timer, classroom.tabs, page_tabs, ctx.state],
+                 api_visibility="private", show_progress="hidden", queue=False
+                 ).then(None, None, None, js=SELECT_BRUSH_JS)
 
 
 def _participant_panel() -> Participant:
@@ -174,9 +260,14 @@ def _participant_panel() -> Participant:
         compare_button = gr.Button("Read my drawing with both models")
     compare_md = gr.Markdown()
     result_json = gr.JSON(visible=False)
+    run_md = gr.Markdown(elem_id="class-run")
+    run_log = gr.Dataframe(headers=list(ROUND_COLUMNS), label="The class run, round by round",
+                           interactive=False, visible=False)
+    progress_json = gr.JSON(visible=False)
+    timer = gr.Timer(PARTICIPANT_REFRESH_SECONDS, active=False)
     return Participant(code, nickname, join_button, joined_md, prompt_md, label, sketch, add_button, counts,
                        delete_button, leave_button, export_button, export_file, use_button, compare_button,
-                       compare_md, result_json)
+                       compare_md, result_json, run_md, run_log, progress_json, timer)
 
 
 def _teacher_panel() -> Teacher:
@@ -198,7 +289,7 @@ def _teacher_panel() -> Teacher:
         differential_privacy = gr.Checkbox(value=False, label="Differential privacy")
     train_button = gr.Button("Train the class model", variant="primary")
     train_md = gr.Markdown()
-    train_log = gr.Dataframe(label="Rounds", interactive=False)
+    train_log = gr.Dataframe(headers=list(ROUND_COLUMNS), label="Rounds", interactive=False)
     status_json = gr.JSON(visible=False)
     timer = gr.Timer(CONSOLE_REFRESH_SECONDS, active=False)
     return Teacher(title, open_button, code, teacher_key, people, labels, rounds, secure_aggregation,
@@ -226,7 +317,9 @@ def _wire_participant(ctx: DemoContext, p: Participant) -> None:
     p.join_button.click(class_join, [p.code, p.nickname, ctx.state],
                         [p.result_json, p.joined_md, p.prompt_md, p.label, p.counts, ctx.state],
                         api_name="class_join", show_progress="hidden", **LIGHT
-                        ).success(None, None, None, js=SELECT_BRUSH_JS)
+                        ).success(lambda: gr.Timer(active=True), None, [p.timer], js=SELECT_BRUSH_JS,
+                                  api_visibility="private", queue=False)
+
 
     @user_errors
     def class_add_drawing(drawing: Any = None, label: int = 0, state: DemoSession | None = None,
@@ -258,10 +351,12 @@ def _wire_participant(ctx: DemoContext, p: Participant) -> None:
         """Leave the class: your drawings are deleted from the host at once (API: /class_leave)."""
         session = ctx.session(state, request)
         left = session.leave_class()
-        return left, f"✓ {left['message']}", _counts([0] * 10), "### Join a class to draw", session
+        return (left, f"✓ {left['message']}", _counts([0] * 10), "### Join a class to draw", "",
+                gr.update(visible=False), gr.Timer(active=False), session)
 
     p.leave_button.click(class_leave, [ctx.state],
-                         [p.result_json, p.joined_md, p.counts, p.prompt_md, ctx.state],
+                         [p.result_json, p.joined_md, p.counts, p.prompt_md, p.run_md, p.run_log, p.timer,
+                          ctx.state],
                          api_name="class_leave", show_progress="hidden", **LIGHT)
 
     @user_errors
@@ -273,6 +368,18 @@ def _wire_participant(ctx: DemoContext, p: Participant) -> None:
 
     p.export_button.click(class_export_drawings, [ctx.state], [p.export_file, ctx.state],
                           api_name="class_export_drawings", show_progress="hidden", **LIGHT)
+
+
+    def code_from_link(request: gr.Request):
+        params = getattr(request, "query_params", {}) or {}
+        code = params.get("class", "")
+        return gr.update(value=code) if code else gr.skip()
+
+    ctx.demo.load(code_from_link, None, [p.code], api_visibility="private", queue=False)
+
+
+def _wire_class_model(ctx: DemoContext, p: Participant) -> None:
+    """A participant takes the class model as their own, or reads a drawing with both models."""
 
     @user_errors
     def class_use_model(state: DemoSession | None = None, request: gr.Request = None):
@@ -298,12 +405,24 @@ def _wire_participant(ctx: DemoContext, p: Participant) -> None:
     p.compare_button.click(class_compare, [p.sketch, ctx.state], [p.result_json, p.compare_md, ctx.state],
                            api_name="class_compare", show_progress="hidden", **LIGHT)
 
-    def code_from_link(request: gr.Request):
-        params = getattr(request, "query_params", {}) or {}
-        code = params.get("class", "")
-        return gr.update(value=code) if code else gr.skip()
 
-    ctx.demo.load(code_from_link, None, [p.code], api_visibility="private", queue=False)
+def _wire_progress(ctx: DemoContext, p: Participant) -> None:
+    """Every participant's page follows the class run (from joining until leaving)."""
+
+    def class_progress(state: DemoSession | None = None):
+        """How the class run goes, round by round, as a participant sees it (API: /class_progress)."""
+        if state is None or state.seat is None:
+            return {}, "", gr.update(visible=False), gr.Timer(active=False)
+        try:
+            view = state.class_progress()
+        except USER_ERRORS as exc:  # the class closed or expired: say so once, and stop asking
+            return {"error": str(exc)}, f"⚠ {exc}", gr.update(visible=False), gr.Timer(active=False)
+        rows = view["rounds"]
+        table = gr.update(value=rounds_table(rows), visible=True) if rows else gr.update(visible=False)
+        return view, run_markdown(view), table, gr.skip()
+
+    p.timer.tick(class_progress, [ctx.state], [p.progress_json, p.run_md, p.run_log, p.timer],
+                 api_name="class_progress", show_progress="hidden", **POLLS)
 
 
 def _wire_teacher(ctx: DemoContext, t: Teacher) -> None:

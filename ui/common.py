@@ -17,25 +17,82 @@ from story import DemoSession, Progress, SessionRegistry
 #: their place; visitors with equal settings share one run. So many handlers
 #: may wait at once, and a queue of its own keeps compiles from waiting behind them.
 TRAINING = {"concurrency_limit": 32, "concurrency_id": "training"}
-#: Compiles, one at a time (equal ones are shared, see story.shared_deployments).
-COMPILE = {"concurrency_limit": 1, "concurrency_id": "compile"}
+#: Compiles, two at a time: a compile is mostly single-threaded, so two different ones fill the 2
+#: cores (README: 30 different compiles behind one slot waited 26 s at p50); equal ones are shared
+#: (story.shared_deployments), and a visitor whose compile is already done is not held behind one
+#: that runs.
+COMPILE = {"concurrency_limit": 2, "concurrency_id": "compile"}
 #: Other heavy events (the n_bits sweep, batch evaluation) share one worker:
 #: on 2 vCPUs, two of them at once only make both slow.
 HEAVY = {"concurrency_limit": 1, "concurrency_id": "heavy"}
 #: The four steps take milliseconds to a second; a few may run at once.
 LIGHT = {"concurrency_limit": 4, "concurrency_id": "light"}
+#: Step ③ waits for the FHE server, which computes in its own process: a queue of its own, as wide
+#: as the server's compute slots (2 × its worker threads on 2 cores), so that waiting for it never
+#: holds a slot that keys, encryption or decryption could use meanwhile, and the server is never
+#: sent more than it can take at once (it would answer 503).
+FHE_SERVER = {"concurrency_limit": 4, "concurrency_id": "fhe-server"}
 #: A class's drawings: each takes a fraction of a second, and a room adds them all lesson long;
 #: a queue of their own keeps them from waiting behind key generation or encryption.
 CLASS_DRAWINGS = {"concurrency_limit": 4, "concurrency_id": "class-drawings"}
+#: A page's periodic look at shared progress (a class run, from every phone in the room): cheap reads
+#: of their own, so a room polling at once never delays anyone's step.
+POLLS = {"concurrency_limit": 8, "concurrency_id": "polls"}
 #: Redrawing panels from the session (no computation): never waits behind a step.
 REFRESH = {"concurrency_limit": 8, "concurrency_id": "refresh", "show_progress": "hidden",
            "api_visibility": "private"}
+#: Threads Gradio runs handlers on (``launch(max_threads=...)``, 40 by default): every queue's
+#: limit above can be in use at once, plus 8 for the events that skip the queue.
+MAX_THREADS = sum(queue["concurrency_limit"] for queue in (
+    TRAINING, COMPILE, HEAVY, LIGHT, FHE_SERVER, CLASS_DRAWINGS, POLLS, REFRESH)) + 8
+
+#: Events of one page waiting in the queue at once. A page's click queues one step, and the
+#: change it makes queues a redraw of each of the 4 panels that follow the status line: 5. Twice
+#: that, rounded up, leaves room for a double click; a script that queues more is told to wait,
+#: so that one page can never fill the queue (``demo.queue(max_size=...)``) for everyone.
+MAX_QUEUED_PER_SESSION = 12
+#: What such an event gets (Gradio answers it 503 and shows this message).
+QUEUED_PER_SESSION_FULL = (
+    "This page already has {count} events waiting in the queue (at most {limit}); wait for them "
+    "to finish, then retry."
+)
 
 #: Gradio spots a progress parameter by its default value; one shared instance
 #: is what a default argument is anyway (the callback is per call, in a context variable).
 PROGRESS = gr.Progress()
 
 ComponentT = TypeVar("ComponentT", bound=gr.components.Component)
+
+
+def bound_queued_per_session(demo: gr.Blocks, limit: int = MAX_QUEUED_PER_SESSION) -> None:
+    """Refuse an event when its page already has ``limit`` events waiting (after ``demo.queue()``).
+
+    Gradio bounds its queue as a whole only. Events waiting (not yet running)
+    are counted per UI session; past ``limit`` the event is refused as a full
+    queue is, with :data:`QUEUED_PER_SESSION_FULL`. (Patched on the instance,
+    as :func:`lenient` does.)
+
+    Parameters
+    ----------
+    demo : gr.Blocks
+        The demo, its queue configured.
+    limit : int
+        Waiting events allowed per page.
+    """
+    queue = demo._queue
+    push = queue.push
+
+    async def bounded_push(body: Any, request: Any, username: Any) -> Any:
+        session_hash = getattr(body, "session_hash", None)
+        if session_hash is not None:
+            waiting = sum(event.session_hash == session_hash
+                          for events in list(queue.event_queue_per_concurrency_id.values())
+                          for event in list(events.queue))
+            if waiting >= limit:
+                return False, QUEUED_PER_SESSION_FULL.format(count=waiting, limit=limit), "queue_full"
+        return await push(body, request, username)
+
+    queue.push = bounded_push  # type: ignore[method-assign]
 
 
 def _pass_through(payload: Any) -> Any:
@@ -73,10 +130,13 @@ class DemoContext:
     state: gr.State
     pipeline: gr.Markdown
 
-    def session(self, state: DemoSession | None, request: gr.Request | None) -> DemoSession:
-        """The caller's session (created on first use)."""
+    def session(
+        self, state: DemoSession | None, request: gr.Request | None, opens: bool = True
+    ) -> DemoSession:
+        """The caller's session, created on first use (``opens=False``, for a step that needs a model:
+        a caller without one gets a blank session that is not kept, and the step refuses)."""
         session_id = getattr(request, "session_hash", None) if request is not None else None
-        return self.registry.resolve(state, session_id)
+        return self.registry.resolve(state, session_id, opens=opens)
 
     def existing_session(self, state: DemoSession | None, request: gr.Request | None) -> DemoSession | None:
         """The caller's session if it has one (nothing is created: for views that only show)."""
@@ -190,9 +250,9 @@ def select_brush_js(elem_id: str) -> str:
     """JavaScript that selects the brush of the sketchpad ``#elem_id`` once it shows.
 
     Gradio's sketchpad starts, and is left after "Clear canvas" or a new value, with no tool
-    selected: strokes would then select text instead of drawing. The brush is clicked (only when
-    it is not already the selected tool) a few times over the next second and a half, because
-    the canvas may still be appearing.
+    selected: strokes would then select text instead of drawing. The brush is looked for every
+    200 ms for up to 5 s (the pad may still be drawing, in a tab just shown), clicked only when it
+    is not already the selected tool, and checked once more a second later (a clear may reset it).
 
     Parameters
     ----------
@@ -205,13 +265,18 @@ def select_brush_js(elem_id: str) -> str:
         For an event's ``js=`` (it takes any inputs and returns none).
     """
     return f"""(...args) => {{
-  const select = () => {{
+  let tries = 0;
+  const select = (again) => {{
     const sketch = document.getElementById({elem_id!r});
-    if (!sketch || sketch.offsetParent === null) return;
-    const brush = sketch.querySelector("button[aria-label='Brush'], button[title='Brush']");
-    if (brush && !brush.classList.contains("highlight")) brush.click();
+    const brush = sketch && sketch.querySelector("button[aria-label='Brush'], button[title='Brush']");
+    if (brush && brush.offsetParent !== null) {{
+      if (!brush.classList.contains("highlight")) brush.click();
+      if (again) setTimeout(() => select(false), 1000);
+      return;
+    }}
+    if (++tries < 25) setTimeout(() => select(again), 200);
   }};
-  [150, 600, 1500].forEach(delay => setTimeout(select, delay));
+  setTimeout(() => select(true), 300);
   return [];
 }}"""
 

@@ -175,7 +175,7 @@ def _wire_compile(ctx: DemoContext, panel: CompilePanel, shown: gr.State) -> Non
         request: gr.Request = None,
     ):
         """Compile the session's model (API: /compile)."""
-        session = ctx.session(state, request)
+        session = ctx.session(state, request, opens=False)
         session.compile(n_bits, calibration)
         return (*_compile_view(session), session, pipeline_status(session),
                 remember(seen, session, "deployment"))
@@ -194,7 +194,7 @@ def _wire_sweep(ctx: DemoContext, calibration: gr.Radio, panel: SweepPanel, show
         request: gr.Request = None,
     ):
         """Accuracy at several n_bits (API: /n_bits_sweep)."""
-        session = ctx.session(state, request)
+        session = ctx.session(state, request, opens=False)
         rows = session.n_bits_sweep(calibration=calibration)
         # The sweep belongs to the model it was run on: a new model clears it.
         seen = {**(seen or {}), "sweep": _model(session)}

@@ -116,7 +116,7 @@ def build(ctx: DemoContext) -> None:
         progress: gr.Progress = PROGRESS,
     ):
         """Encrypted batch evaluation (API: /evaluate_encrypted)."""
-        session = ctx.session(state, request)
+        session = ctx.session(state, request, opens=False)
         latest: list[RunningScore] = []
         skip = gr.skip()
         yield skip, "Starting: encrypting the first samples …", skip, session

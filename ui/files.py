@@ -4,6 +4,12 @@ Gradio serves a file a handler returns from a copy in its cache folder, and
 keeps uploads in that folder too; it deletes neither when the session ends.
 Copies are named by content hash, so sessions that produce identical bytes
 share one: each file is counted, and deleted when the last session holding it ends.
+
+A handler accepts a path into that folder only if its session holds the file
+or Gradio received it as an upload (:func:`hold_upload`): a path to another
+session's download is refused. The folder's total is bounded
+(:data:`MAX_UPLOAD_SPACE_BYTES`): before an upload is received, the oldest files
+no session holds are deleted to make room (:class:`UploadSpace`).
 """
 
 from __future__ import annotations
@@ -11,12 +17,42 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
+import time
+from collections.abc import Collection
 from pathlib import Path
 
-from story import DemoSession
+from starlette.middleware import Middleware
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from story import DemoSession, StepError
 from story.base import StepScope
 
+#: Bytes Gradio's cache folder may hold at once (uploads, served downloads, drawings). An upload
+#: is at most 5 MB (``launch(max_file_size=...)``) and a session holds at most what it was served
+#: (a model file of 63 KB and two zips of 13 KB for mnist) and its uploads: 1 GiB is 200 visitors
+#: uploading the largest model file at once, 2 % of a Space's 50 GB disk.
+MAX_UPLOAD_SPACE_BYTES = 1024**3
+#: A file this young is never deleted to make room (an upload on its way to its event).
+UPLOAD_GRACE_SECONDS = 60.0
+#: What a path to a file the session neither holds nor uploaded gets.
+NOT_YOUR_FILE = (
+    "That file is not one this session uploaded or was given (it belongs to another session, or "
+    "to the app): choose the .skops file on your computer and upload it."
+)
+#: What an upload gets when the folder is full of files that sessions hold.
+UPLOAD_SPACE_FULL = (
+    "The demo's space for uploads is full ({used_mb} MB held by open sessions); nothing was "
+    "uploaded. Please retry in a few minutes."
+)
+
+#: While the folder is below half its bound, it is measured again at most this often (a class
+#: sends a few drawings a second: each would walk the whole folder); uploads in between are added up.
+RESCAN_SECONDS = 5.0
+
+_measured: dict[str, float] = {"at": float("-inf"), "total": 0}
+_measured_lock = threading.Lock()
 _held: dict[Path, int] = {}
+_held_by: dict[int, set[Path]] = {}
 _held_lock = threading.Lock()
 
 
@@ -26,12 +62,21 @@ def _gradio_folder() -> Path:
     return Path(get_upload_folder()).resolve()
 
 
-def _count_locked(path: Path) -> None:
+def _count_locked(path: Path, session: DemoSession | StepScope) -> None:
     _held[path] = _held.get(path, 0) + 1
+    _held_by.setdefault(_owner(session), set()).add(path)
 
 
-def _release(path: Path) -> None:
+def _owner(session: DemoSession | StepScope) -> int:
+    return id(session._session if isinstance(session, StepScope) else session)
+
+
+def _release(path: Path, owner: int | None = None) -> None:
     with _held_lock:
+        if owner is not None and owner in _held_by:
+            _held_by[owner].discard(path)
+            if not _held_by[owner]:
+                del _held_by[owner]
         count = _held.pop(path, 1) - 1
         if count > 0:
             _held[path] = count
@@ -41,15 +86,27 @@ def _release(path: Path) -> None:
             path.parent.rmdir()  # its content-hash directory, once empty
 
 
-def hold_upload(session: DemoSession, path: str | None) -> None:
-    """Delete an uploaded file when ``session`` ends (files outside Gradio's folder are left alone).
+def hold_upload(session: DemoSession, path: str | None, uploads: Collection[str] = ()) -> None:
+    """Let ``session`` use a file in Gradio's folder, deleted when it ends; refuse anyone else's.
+
+    Files outside Gradio's folder are left alone (Gradio itself refuses such
+    paths from the API, and never hands them to a handler).
 
     Parameters
     ----------
     session : DemoSession
-        The session that uploaded it.
+        The session that names the file.
     path : str or None
         What the handler received.
+    uploads : collection of str
+        What Gradio received through its upload route (``demo.upload_file_set``).
+
+    Raises
+    ------
+    StepError
+        If the file is in Gradio's folder but the session does not hold it
+        and Gradio did not receive it as an upload (e.g. another session's
+        download): :data:`NOT_YOUR_FILE`. Nothing is held then.
     """
     if not path:
         return
@@ -57,8 +114,118 @@ def hold_upload(session: DemoSession, path: str | None) -> None:
     if _gradio_folder() not in resolved.parents:
         return
     with _held_lock:
-        _count_locked(resolved)
-    session.add_cleanup(functools.partial(_release, resolved))  # runs at once if the session has ended
+        if resolved in _held_by.get(id(session), ()):
+            return
+        if not any(Path(upload).resolve() == resolved for upload in _candidates(uploads, resolved)):
+            raise StepError(NOT_YOUR_FILE)
+        _count_locked(resolved, session)
+    session.add_cleanup(functools.partial(_release, resolved, id(session)))  # at once if it has ended
+
+
+def _candidates(uploads: Collection[str], resolved: Path) -> list[str]:
+    """The uploads that may be ``resolved`` (same file name), so that few paths are resolved."""
+    return [upload for upload in list(uploads) if upload.endswith(resolved.name)]
+
+
+def make_room(incoming: int, limit: int | None = None) -> bool:
+    """Delete the oldest files no session holds until ``incoming`` more bytes fit in Gradio's folder.
+
+    Parameters
+    ----------
+    incoming : int
+        Bytes about to arrive.
+    limit : int, optional
+        The folder's bound (default: :data:`MAX_UPLOAD_SPACE_BYTES`).
+
+    Returns
+    -------
+    bool
+        False if they do not fit even so (every file left is held, or younger
+        than :data:`UPLOAD_GRACE_SECONDS`).
+    """
+    limit = MAX_UPLOAD_SPACE_BYTES if limit is None else limit
+    with _measured_lock:  # far below the bound, a recent measure plus what arrived since will do
+        if (time.monotonic() - _measured["at"] < RESCAN_SECONDS
+                and _measured["total"] + incoming <= limit // 2):
+            _measured["total"] += incoming
+            return True
+    folder = _gradio_folder()
+    if not folder.is_dir():
+        return incoming <= limit
+    found = []
+    for path in folder.rglob("*"):
+        with contextlib.suppress(OSError):
+            if path.is_file() and not path.is_symlink():
+                info = path.stat()
+                found.append((info.st_mtime, path, info.st_size))
+    total = sum(size for _mtime, _path, size in found)
+    young = time.time() - UPLOAD_GRACE_SECONDS
+    with _held_lock:
+        for mtime, path, size in sorted(found) if total + incoming > limit else ():
+            if total + incoming <= limit:
+                break
+            if mtime > young or path.resolve() in _held:
+                continue
+            path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                path.parent.rmdir()  # its content-hash directory, once empty
+            total -= size
+    fits = total + incoming <= limit
+    with _measured_lock:
+        _measured.update(at=time.monotonic(), total=total + (incoming if fits else 0))
+    return fits
+
+
+def held_bytes() -> int:
+    """Bytes of the files sessions hold in Gradio's folder."""
+    with _held_lock:
+        paths = list(_held)
+    return sum(path.stat().st_size for path in paths if path.is_file())
+
+
+class UploadSpace:
+    """ASGI middleware: before Gradio receives an upload, make room for it (:func:`make_room`), or answer 507.
+
+    Parameters
+    ----------
+    app : ASGI app
+        What it wraps.
+    upload_path : str
+        Gradio's upload route.
+    max_upload_bytes : int
+        What one upload may bring when it does not declare its length.
+    """
+
+    def __init__(self, app: ASGIApp, upload_path: str, max_upload_bytes: int):
+        self.app, self.upload_path, self.max_upload_bytes = app, upload_path, max_upload_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].rstrip("/") == self.upload_path:
+            from anyio import to_thread
+
+            declared = dict(scope["headers"]).get(b"content-length", b"")
+            incoming = int(declared) if declared.isdigit() else self.max_upload_bytes
+            if not await to_thread.run_sync(make_room, incoming):
+                await _refuse_upload(send)
+                return
+        await self.app(scope, receive, send)
+
+
+async def _refuse_upload(send: Send) -> None:
+    import json
+
+    detail = UPLOAD_SPACE_FULL.format(used_mb=round(held_bytes() / 2**20))
+    body = json.dumps({"detail": detail}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 507, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def upload_space(max_file_size: int) -> Middleware:
+    """The :class:`UploadSpace` middleware for ``demo.launch(app_kwargs={"middleware": [...]})``."""
+    from gradio.route_utils import API_PREFIX
+
+    return Middleware(UploadSpace, upload_path=f"{API_PREFIX}/upload", max_upload_bytes=max_file_size)
 
 
 def serve_file(session: DemoSession | StepScope, path: str | Path) -> str:
@@ -82,6 +249,6 @@ def serve_file(session: DemoSession | StepScope, path: str | Path) -> str:
 
     with _held_lock:  # a copy being deleted is never handed out meanwhile
         cached = Path(save_file_to_cache(path, str(_gradio_folder()))).resolve()
-        _count_locked(cached)
-    session.add_cleanup(functools.partial(_release, cached))
+        _count_locked(cached, session)
+    session.add_cleanup(functools.partial(_release, cached, _owner(session)))
     return str(cached)

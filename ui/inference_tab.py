@@ -14,6 +14,7 @@ from story.holdings import holdings
 from story.inference import INPUT_SOURCES
 from ui import figures
 from ui.common import (
+    FHE_SERVER,
     LIGHT,
     PINNED_CLASS,
     PROGRESS,
@@ -264,8 +265,9 @@ def _preview(session: DemoSession | None, source: str, sample_index: Any, drawin
             return (gr.update(value=None, visible=True), hide,
                     f"Draw a digit; it is prepared like {dataset.name}'s own images ({shape} pixels, "
                     f"0–{high:g}).", sketch, *index_controls)
+        steps = "cropped, scaled, centred" + (", deskewed" if session.input_preprocessing == "deskew" else "")
         return (gr.update(value=figures.sample_image(x, dataset.image_shape, high), visible=True), hide,
-                f"Your drawing as the model sees it ({shape}, prepared like {dataset.name}'s images).",
+                f"Your drawing as the model sees it ({shape}: {steps}, like {dataset.name}'s images).",
                 sketch, *index_controls)
     try:
         x, label = session.sample(sample_index)
@@ -352,7 +354,7 @@ def _wire_steps(ctx: DemoContext, inputs: InputPanel, steps: StepsPanel, results
     @user_errors
     def keygen(state: DemoSession | None = None, seen: dict | None = None, request: gr.Request = None):
         """Step ①: keys (API: /keygen)."""
-        session = ctx.session(state, request)
+        session = ctx.session(state, request, opens=False)
         session.generate_keys()
         return views(session, seen, "keys")
 
@@ -369,7 +371,7 @@ def _wire_steps(ctx: DemoContext, inputs: InputPanel, steps: StepsPanel, results
         request: gr.Request = None,
     ):
         """Step ②: encryption (API: /encrypt)."""
-        session = ctx.session(state, request)
+        session = ctx.session(state, request, opens=False)
         session.encrypt(source, sample_index, drawing)
         return views(session, seen, "encrypted")
 
@@ -382,17 +384,17 @@ def _wire_steps(ctx: DemoContext, inputs: InputPanel, steps: StepsPanel, results
     @user_errors
     def run_fhe(state: DemoSession | None = None, seen: dict | None = None, request: gr.Request = None):
         """Step ③: the server computes on the ciphertext (API: /run_fhe)."""
-        session = ctx.session(state, request)
+        session = ctx.session(state, request, opens=False)
         session.run_on_server()
         return views(session, seen, "server_output")
 
     show_result(steps.run.click(run_fhe, [ctx.state, shown], outputs("server_output"), api_name="run_fhe",
-                                show_progress_on=[steps.run_md], **LIGHT), "run-result")
+                                show_progress_on=[steps.run_md], **FHE_SERVER), "run-result")
 
     @user_errors
     def decrypt(state: DemoSession | None = None, seen: dict | None = None, request: gr.Request = None):
         """Step ④: decryption (API: /decrypt)."""
-        session = ctx.session(state, request)
+        session = ctx.session(state, request, opens=False)
         session.decrypt()
         return views(session, seen, "decrypted")
 
@@ -418,7 +420,7 @@ def _wire_wrong_key(ctx: DemoContext, steps: StepsPanel) -> None:
         state: DemoSession | None = None, request: gr.Request = None, progress: gr.Progress = PROGRESS,
     ):
         """Decrypt with someone else's keys, many times (API: /decrypt_wrong_key)."""
-        session = ctx.session(state, request)
+        session = ctx.session(state, request, opens=False)
         result = session.decrypt_with_wrong_key(
             progress=lambda done, total: progress((done, total), desc="test samples with wrong keys")
         )

@@ -18,7 +18,7 @@ from ui.common import REFRESH, DemoContext, pipeline_status
 BROWSER_KEY = "fl-fhe-demo-page"
 
 
-def build(ctx: DemoContext, notice: gr.Markdown) -> None:
+def build(ctx: DemoContext, notice: gr.Markdown) -> Any:
     """Wire the page's load (resume) and unload (park, or wipe) events.
 
     Parameters
@@ -27,6 +27,11 @@ def build(ctx: DemoContext, notice: gr.Markdown) -> None:
         Registry, session state and the status line.
     notice : gr.Markdown
         Where the page says what it resumed.
+
+    Returns
+    -------
+    gradio event
+        The page's start, for tabs that show what it resumed (``.then``).
     """
     token = gr.BrowserState(None, storage_key=BROWSER_KEY)
 
@@ -37,8 +42,8 @@ def build(ctx: DemoContext, notice: gr.Markdown) -> None:
         session = started.session
         return started.token, session, pipeline_status(session), f"↻ {started.message}"
 
-    ctx.demo.load(start, [token], [token, ctx.state, ctx.pipeline, notice],
-                  api_visibility="private", show_progress="hidden")
+    started = ctx.demo.load(start, [token], [token, ctx.state, ctx.pipeline, notice],
+                            api_visibility="private", show_progress="hidden")
 
     def banner(state: DemoSession | None, request: gr.Request) -> Any:
         # The banner describes the resumed model: it goes once another model (a retrain) replaces it.
@@ -53,6 +58,7 @@ def build(ctx: DemoContext, notice: gr.Markdown) -> None:
         close_page(ctx.registry, request.session_hash)
 
     ctx.demo.unload(end)
+    return started
 
 
 def close_state(registry: SessionRegistry, session: DemoSession | None) -> None:

@@ -374,6 +374,7 @@ def _wire_training(ctx: DemoContext, settings: Settings, results: Results, shown
                 noise_multiplier=noise_multiplier, clipping_norm=clipping_norm,
                 secure_aggregation=secure_aggregation,
             )
+            forms.check_runnable(cfg)  # refused before a session is opened for it
             session = ctx.session(state, request)
             for update in _stream_training(session, cfg, results, progress):
                 done = isinstance(update[-1], str)  # the last update carries the new status line
@@ -433,11 +434,10 @@ def _wire_upload(ctx: DemoContext, settings: Settings, results: Results, upload:
         request: gr.Request = None,
     ):
         """Use an uploaded .skops model instead of training (API: /upload_model)."""
-        session = ctx.session(state, request)
-        try:
-            summary = session.use_uploaded_model(file, dataset)
-        finally:
-            hold_upload(session, file)  # the upload is deleted with the session, used or refused
+        session = ctx.session(state, request, opens=bool(file))
+        # Another session's file is refused before anything reads it; an upload is deleted with the session.
+        hold_upload(session, file, ctx.demo.upload_file_set)
+        summary = session.use_uploaded_model(file, dataset)
         text = (
             f"✓ Using the uploaded model: **{summary['accuracy']:.1%}** test accuracy "
             f"on {summary['dataset']}. "

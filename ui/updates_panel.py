@@ -133,8 +133,9 @@ def build(ctx: DemoContext, summary_json: gr.JSON) -> UpdatesPanel:
         state: DemoSession | None, views: ServerViews | None, request: gr.Request = None
     ) -> tuple[Any, Any, str, ServerViews]:
         """Add the session's latest run to the views and draw both."""
-        session = ctx.session(state, request)
-        views = (views or ServerViews()).with_view(server_view(session.model))
+        session = ctx.existing_session(state, request)  # drawing a panel never opens a session
+        model = session.model if session is not None else None
+        views = (views or ServerViews()).with_view(server_view(model))
         return (
             update_figure(views.clear) if views.clear is not None else None,
             update_figure(views.secure) if views.secure is not None else None,

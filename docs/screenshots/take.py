@@ -95,7 +95,7 @@ def classroom(browser, url: str) -> None:
     teacher.goto(url)
     teacher.wait_for_timeout(2000)
     open_tab(teacher, TABS[4])
-    teacher.get_by_text("Teacher: open a class and train the class model").click()
+    open_tab(teacher, "Teacher's console")
     teacher.get_by_label("Class title").fill("Room 101")
     teacher.get_by_role("button", name="Open a class", exact=True).click()
     code = teacher.locator(".class-code-value").inner_text(timeout=30_000).strip()

@@ -46,7 +46,13 @@ def _fill(classes: Classes, participants: int, per_participant: int, seed: int =
 
 def test_a_class_model_trains_on_the_participants_drawings_and_reports_before_and_after(classes):
     opened, ids = _fill(classes, 3, 12)
-    items = list(classes.train(opened["class_code"], opened["teacher_key"], num_rounds=2))
+    assert classes.run_view(opened["class_code"], ids[1])["state"] == "collecting"
+    items = []
+    for item in classes.train(opened["class_code"], opened["teacher_key"], num_rounds=2):
+        items.append(item)
+        if isinstance(item, dict) and item.get("round") == 1:  # every participant's page, mid-run
+            view = classes.run_view(opened["class_code"], ids[1])
+            assert view["state"] == "training" and [r["round"] for r in view["rounds"]] == [0, 1]
     rounds = [i for i in items if isinstance(i, dict) and "round" in i]
     summary = items[-1]
     assert [r["round"] for r in rounds] == [0, 1, 2]
@@ -57,6 +63,9 @@ def test_a_class_model_trains_on_the_participants_drawings_and_reports_before_an
     assert summary["accuracy_test"] > 0.5  # started from the MNIST model, it still reads MNIST
     status = classes.status(opened["class_code"], opened["teacher_key"])
     assert status["state"] == "trained" and len(status["rounds"]) == 3
+    view = classes.run_view(opened["class_code"], ids[2])
+    assert view["state"] == "trained" and view["result"]["accuracy_room"] == summary["accuracy_room"]
+    assert "history" not in view["result"] and "per_participant" not in view
     # The run's copies of the drawings are gone; the class keeps its own until people leave.
     run = classes.trainings.run_of(opened["class_code"])
     assert not list(run.directory.glob("*.npz"))

@@ -109,7 +109,8 @@ def test_every_step_out_of_order_names_the_missing_step_through_the_api(launched
         ("/compile", {"n_bits": 0}, "n_bits must be a whole number from 2 to 16, got 0"),
         ("/compile", {"n_bits": 64}, "n_bits must be a whole number from 2 to 16, got 64"),
         ("/evaluate_encrypted", {"num_samples": 0}, "num_samples must be a whole number from 1"),
-        ("/evaluate_encrypted", {"num_samples": 10**6}, "num_samples must be a whole number from 1"),
+        ("/evaluate_encrypted", {"num_samples": 10**6},
+         "largest batch allowed is 1,000 .*FHE_DEMO_MAX_EVALUATION_SAMPLES"),
     ],
 )
 def test_values_outside_the_sliders_are_refused_through_the_api(stateless_client, api_name, kwargs, message):

@@ -39,6 +39,7 @@ def test_class_endpoints_have_the_documented_parameters(launched_app):
         "/class_status": ["teacher_key"],
         "/class_train": ["teacher_key", "num_rounds", "secure_aggregation", "differential_privacy"],
         "/class_use_model": [], "/class_compare": ["drawing"], "/class_export_drawings": [],
+        "/class_progress": [],
     }
     for name, parameters in expected.items():
         assert [p["parameter_name"] for p in named[name]["parameters"]] == parameters, name
@@ -78,6 +79,10 @@ def test_a_teacher_and_two_participants_and_every_refusal(launched_app, tmp_path
         teacher.predict(teacher_key=opened["teacher_key"], api_name="/class_train")
     with pytest.raises(AppError, match="not trained yet"):
         ada.predict(api_name="/class_use_model")
+    progress, shown = bob.predict(api_name="/class_progress")[:2]  # every phone's view: not who drew what
+    assert progress["state"] == "collecting" and progress["participants"] == 2 and progress["rounds"] == []
+    assert "per_participant" not in progress and "not trained yet" in shown
+    assert Client(launched_app.url, verbose=False).predict(api_name="/class_progress")[0] == {}  # no seat
 
     left = ada.predict(api_name="/class_leave")[0]
     assert left["deleted_drawings"] == 1 and "deleted from the host" in left["message"]
