@@ -404,24 +404,26 @@ def _wire_training(ctx: DemoContext, settings: Settings, results: Results, shown
     training.failure(lambda: (gr.skip(),) * len(badged), None, badged, **REFRESH)
 
 
-def _wire_refresh(ctx: DemoContext, settings: Settings, results: Results, shown: gr.State) -> None:
+def _wire_refresh(ctx: DemoContext, settings: Settings, results: Results, upload: Upload,
+                  shown: gr.State) -> None:
     """Redraw tab 1 for a model this page's training did not draw: a reload's resumed model (its form
-    settings too), an upload, the class model; a model that is gone empties it."""
+    settings too), an upload, the class model; a model that is gone empties it. (Any redraw, even one
+    that skips every value, also takes away the Error badge a failed upload left on its message.)"""
 
     def refresh(state: DemoSession | None, seen: dict | None, request: gr.Request = None):
         session = ctx.existing_session(state, request)
         form = [gr.skip()] * len(settings.inputs())
         if not outdated(seen, session, "model"):
-            return (*[gr.skip()] * 6, *form, gr.skip())
+            return (*[gr.skip()] * 6, *form, gr.skip(), gr.skip())
         record = session.training_record() if session is not None else None
         if record is not None and record.resumed and record.settings:
             form = [record.settings.get(name, gr.skip()) for name in training_form.FIELDS]
-        return (*_model_view(session, results), *form, remember(seen, session, "model"))
+        return (*_model_view(session, results), *form, gr.skip(), remember(seen, session, "model"))
 
     ctx.pipeline.change(
         refresh, [ctx.state, shown],
         [results.summary_json, results.status, results.curves, results.log, results.summary_md,
-         results.model_file, *settings.inputs(), shown], **REFRESH,
+         results.model_file, *settings.inputs(), upload.message, shown], **REFRESH,
     )
 
 
@@ -452,10 +454,8 @@ def _wire_upload(ctx: DemoContext, settings: Settings, results: Results, upload:
         [upload.result_json, upload.message, results.model_file, ctx.state, ctx.pipeline],
         api_name="upload_model", show_progress_on=[upload.message], **LIGHT,
     )
-
-    # A failed upload or training leaves an Error badge on its own message only; the next step
-    # that succeeds anywhere (the status line changes) takes it away.
-    ctx.pipeline.change(lambda: (gr.skip(), gr.skip()), None, [upload.message, results.status], **REFRESH)
+    # A failed upload leaves an Error badge on its own message only; the next step that succeeds
+    # anywhere (the status line changes) takes it away: tab 1's redraw (_wire_refresh) outputs it.
 
 
 def build(ctx: DemoContext) -> None:
@@ -485,4 +485,4 @@ def build(ctx: DemoContext) -> None:
     shown = gr.State({})
     _wire_training(ctx, settings, results, shown)
     _wire_upload(ctx, settings, results, upload)
-    _wire_refresh(ctx, settings, results, shown)
+    _wire_refresh(ctx, settings, results, upload, shown)
