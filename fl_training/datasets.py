@@ -7,6 +7,7 @@ test split. Nothing here knows about Flower, encryption or the UI.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -23,6 +24,8 @@ TEST_SPLIT_SEED = 42
 TEST_FRACTION = 0.2
 
 DEFAULT_DATASET = "mnist-5k"
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -120,19 +123,27 @@ def _load_mnist_5k(data_dir: Path | None) -> Dataset:
     return _image_dataset("mnist-5k", X, y, (28, 28), 255.0)
 
 
-def _load_mnist(data_dir: Path | None) -> Dataset:
-    from sklearn.datasets import fetch_openml, get_data_home
+def _mnist_home(data_dir: str | os.PathLike | None) -> Path:
+    from sklearn.datasets import get_data_home
 
-    home = Path(data_dir or os.environ.get("FL_DATA_DIR") or get_data_home()).expanduser()
+    return Path(data_dir or os.environ.get("FL_DATA_DIR") or get_data_home()).expanduser()
+
+
+def _load_mnist(data_dir: Path | None) -> Dataset:
+    from sklearn.datasets import fetch_openml
+
+    home = _mnist_home(data_dir)
     try:
         X, y = fetch_openml(
             "mnist_784", version=1, as_frame=False, parser="liac-arff", data_home=str(home)
         )
     except Exception as exc:  # network errors come in many types
+        # The cache directory goes to the host's log only: a visitor has no use for a path of the host.
+        logger.warning("Full MNIST could not be downloaded into %s: %r", home, exc)
         raise DatasetUnavailableError(
-            f"Full MNIST could not be downloaded from OpenML into {home} ({exc.__class__.__name__}). "
-            "Connect to the internet once (it is cached afterwards), or use dataset "
-            "'mnist-5k', the real 5,000-image MNIST subset that works offline."
+            f"Full MNIST could not be downloaded from OpenML ({exc.__class__.__name__}): this host is "
+            "offline or cannot reach openml.org. Connect it to the internet once (it is cached afterwards), "
+            "or use dataset 'mnist-5k', the real 5,000-image MNIST subset that works offline."
         ) from exc
     X = np.asarray(X, dtype=np.float64)
     y = np.asarray(y).astype(np.int64)
@@ -204,6 +215,22 @@ DATASET_CHOICE = OneOf(DATASET_NAMES)
 @lru_cache(maxsize=4)
 def _load_cached(name: str, data_dir: str | None) -> Dataset:
     return _LOADERS[name](Path(data_dir) if data_dir else None)
+
+
+def needs_download(name: str, data_dir: str | os.PathLike | None = None) -> bool:
+    """True if loading ``name`` would first download it (full MNIST, not cached on this host yet).
+
+    Parameters
+    ----------
+    name : str
+        One of :data:`DATASET_NAMES`.
+    data_dir : path-like, optional
+        As for :func:`load_dataset`.
+    """
+    if name != "mnist":
+        return False
+    downloads = _mnist_home(data_dir) / "openml" / "openml.org" / "data"
+    return not (downloads.is_dir() and any(downloads.rglob("*.gz")))
 
 
 def check_dataset_name(name: object) -> str:

@@ -37,7 +37,7 @@ NEEDS_MODEL = (
 NO_MODEL_FILE = "No file: choose a .skops model file to upload."
 NEEDS_COMPILE = "The model is not compiled yet: run tab 2 (Convert & compile → Compile) first."
 NEEDS_KEYS = "No keys yet: run step ① Key generation first."
-NEEDS_ENCRYPTION = "Nothing is encrypted yet: run step ② Encryption first."
+NEEDS_ENCRYPTION = "Nothing is encrypted for this input yet: encrypt this input first (step ② Encryption)."
 NEEDS_SERVER_RUN = "The server has not computed anything yet: run step ③ FHE execution first."
 
 

@@ -29,7 +29,13 @@ from fl_training.config import (
     TrainingConfig,
     check_fits_dataset,
 )
-from fl_training.datasets import DATASET_NAMES, DEFAULT_DATASET, load_dataset
+from fl_training.datasets import (
+    DATASET_NAMES,
+    DEFAULT_DATASET,
+    DatasetUnavailableError,
+    load_dataset,
+    needs_download,
+)
 from fl_training.drawings import MAX_DRAWING_FILE_BYTES, MAX_DRAWING_IMAGES, check_image_file
 from fl_training.model_io import MAX_MODEL_FILE_BYTES
 from fl_training.task import label_distribution
@@ -83,7 +89,26 @@ def label_preview(**values: Any) -> tuple[np.ndarray, tuple[str, ...], TrainingC
         For a setting out of range, or one the dataset cannot be divided by.
     """
     cfg = TrainingConfig.from_values(**values)
+    note = download_note(cfg.dataset)
+    if note:  # the preview never starts a download: Start does, and says so first
+        raise DatasetUnavailableError(note)
     return label_distribution(cfg), tuple(load_dataset(cfg.dataset).class_names), cfg
+
+
+def download_note(dataset: str) -> str:
+    """What the form says before Start about a dataset this host has not downloaded ("" if none is needed).
+
+    Parameters
+    ----------
+    dataset : str
+        One of :data:`DATASET_NAMES`.
+    """
+    if not needs_download(dataset):
+        return ""
+    return (
+        f"{dataset} is not on this host yet: Start first downloads it from openml.org (once; it is cached "
+        "afterwards), which fails if the host is offline. mnist-5k holds real MNIST digits and needs none."
+    )
 
 
 def check_runnable(cfg: TrainingConfig) -> None:
@@ -116,6 +141,7 @@ __all__ = [
     "TRAINING_FORM",
     "TrainingConfig",
     "check_image_file",
+    "download_note",
     "check_runnable",
     "class_rounds_bounds",
     "label_preview",

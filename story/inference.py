@@ -190,6 +190,56 @@ class InferenceSteps(SessionCore):
             self._clear_after_encryption()
             return self.encryption_summary()
 
+    def choose_input(self, source: str, sample_index: Any = 0, drawing: Any = None) -> bool:
+        """The visitor picked another input: forget a ciphertext of a different one, and all that followed.
+
+        Steps ③ and ④ then refuse until this input is encrypted, and no result of the
+        previous input is left to be shown beside the new one. Choosing the input that
+        is encrypted (the same test sample, an identical drawing) keeps everything.
+
+        Parameters
+        ----------
+        source : {"test sample", "drawing"}
+            The input now shown.
+        sample_index : int
+            Its test-split position (``source="test sample"``).
+        drawing : ndarray or dict, optional
+            The sketchpad's image (``source="drawing"``); None or a blank canvas is no input.
+
+        Returns
+        -------
+        bool
+            True if the ciphertext and what followed were forgotten.
+
+        Raises
+        ------
+        StepError
+            While another step runs (the ciphertext is then kept).
+        """
+        encrypted = self.encrypted
+        if encrypted is None or self._is_encrypted(encrypted, source, sample_index, drawing):
+            return False
+        with self._step("the change of input"):
+            if self.encrypted is not encrypted:  # encrypted again meanwhile: that one is current
+                return False
+            self.encrypted = None
+            self._clear_after_encryption()
+            return True
+
+    def _is_encrypted(self, encrypted: EncryptedStage, source: str, sample_index: Any, drawing: Any) -> bool:
+        if source != encrypted.source:
+            return False
+        if source == "test sample":
+            try:
+                return int(sample_index) == encrypted.sample_index
+            except (TypeError, ValueError, OverflowError):
+                return False
+        try:
+            x = drawing_to_features(drawing, load_dataset(self._require_model().dataset))
+        except ValueError:  # a blank canvas, no drawing: not the drawing that was encrypted
+            return False
+        return np.array_equal(x, encrypted.x)
+
     def encryption_summary(self) -> dict[str, Any]:
         """The current ciphertext, as step ② reported it (see :meth:`encrypt`)."""
         encrypted = self._require_encrypted()

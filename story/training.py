@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,43 @@ from story.stages import Baseline, ModelStage
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class TrainingRecord:
+    """The current model as tab 1 shows it, whichever page made it.
+
+    Attributes
+    ----------
+    source : str
+        ``"federated"``, ``"uploaded"`` or ``"class"``.
+    summary : dict
+        What :meth:`TrainingSteps.train` (or the upload, or the class) returned for it.
+    history : list of RoundRecord
+        Its rounds (empty unless trained here).
+    settings : dict or None
+        The training's settings, by :class:`TrainingConfig` field (None unless trained here).
+    resumed : bool
+        True if a reloaded page took the model over from its previous page.
+    """
+
+    source: str
+    summary: dict[str, Any]
+    history: list[RoundRecord]
+    settings: dict[str, Any] | None
+    resumed: bool
+
+
 class TrainingSteps(SessionCore):
     """Tab 1's steps: :meth:`train` and :meth:`use_uploaded_model`."""
+
+    def training_record(self) -> TrainingRecord | None:
+        """The current model's record for tab 1 (None without a model): a reloaded page redraws from it."""
+        model = self.model
+        if model is None:
+            return None
+        summary = model.summary
+        history = [RoundRecord(**r) for r in summary.get("history", ())]
+        return TrainingRecord(model.source, summary, history, summary.get("settings"),
+                              bool(summary.get("resumed")))
 
     def train(
         self, cfg: TrainingConfig

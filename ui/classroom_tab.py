@@ -14,23 +14,22 @@ import segno
 from story import DemoSession
 from story.forms import DEFAULT_CLASS_ROUNDS, class_rounds_bounds
 from ui import figures
-from ui.common import CLASS_DRAWINGS, LIGHT, POLLS, TRAINING, DemoContext, lenient, pipeline_status
+from ui.common import (
+    CLASS_DRAWINGS,
+    LIGHT,
+    POLLS,
+    TRAINING,
+    DemoContext,
+    lenient,
+    pipeline_status,
+    select_brush_js,
+)
 from ui.errors import USER_ERRORS, user_errors
 from ui.files import serve_file
 from ui.inference_tab import BRUSH_PX, SKETCH_SIZE
 
 #: Selects the class sketchpad's brush (after joining, and after each drawing clears the canvas).
-SELECT_BRUSH_JS = """() => {
-  let tries = 0;
-  const select = () => {
-    const sketch = document.querySelector("#class-sketch");
-    const brush = sketch && sketch.querySelector("button[aria-label='Brush'], button[title='Brush']");
-    if (brush && brush.offsetParent !== null) { brush.click(); return; }
-    if (++tries < 25) setTimeout(select, 200);  // the pad may still be drawing (a tab just shown)
-  };
-  setTimeout(select, 300);
-  return [];
-}"""
+SELECT_BRUSH_JS = select_brush_js("class-sketch")
 #: How often a participant's page asks how the class run goes (seconds): a room of phones polls at once.
 PARTICIPANT_REFRESH_SECONDS = 5.0
 #: The columns of the class run's table, a row per round.
@@ -244,6 +243,7 @@ def _participant_panel() -> Participant:
                 brush=gr.Brush(default_size=BRUSH_PX, colors=["#000000"], color_mode="fixed"),
                 layers=False, transforms=(), elem_id="class-sketch",
             )
+            sketch.clear(None, None, None, js=SELECT_BRUSH_JS)  # "Clear canvas" leaves no tool selected
             with gr.Row():
                 label = lenient(gr.Number(value=0, precision=0, minimum=0, maximum=9, label="Its digit"))
                 add_button = gr.Button("Add this drawing", variant="primary")

@@ -244,3 +244,93 @@ def pipeline_status(session: DemoSession | None) -> str:
         if progress.compiled:
             detail += f", compiled at n_bits={progress.n_bits}"
     return "**This session:** " + " · ".join(parts) + detail + f" <!-- revision {progress.revision} -->"
+
+
+def select_brush_js(elem_id: str) -> str:
+    """JavaScript that selects the brush of the sketchpad ``#elem_id`` once it shows.
+
+    Gradio's sketchpad starts, and is left after "Clear canvas" or a new value, with no tool
+    selected: strokes would then select text instead of drawing. The brush is looked for every
+    200 ms for up to 5 s (the pad may still be drawing, in a tab just shown), clicked only when it
+    is not already the selected tool, and checked once more a second later (a clear may reset it).
+
+    Parameters
+    ----------
+    elem_id : str
+        The sketchpad's ``elem_id``.
+
+    Returns
+    -------
+    str
+        For an event's ``js=`` (it takes any inputs and returns none).
+    """
+    return f"""(...args) => {{
+  let tries = 0;
+  const select = (again) => {{
+    const sketch = document.getElementById({elem_id!r});
+    const brush = sketch && sketch.querySelector("button[aria-label='Brush'], button[title='Brush']");
+    if (brush && brush.offsetParent !== null) {{
+      if (!brush.classList.contains("highlight")) brush.click();
+      if (again) setTimeout(() => select(false), 1000);
+      return;
+    }}
+    if (++tries < 25) setTimeout(() => select(again), 200);
+  }};
+  setTimeout(() => select(true), 300);
+  return [];
+}}"""
+
+
+#: Elements that stay at the top of the window while the page scrolls (tab 3's client | server picture).
+PINNED_CLASS = "pinned"
+
+
+def scroll_to_js(elem_id: str) -> str:
+    """JavaScript that scrolls the page until the start of ``#elem_id`` is in view, if it is not.
+
+    The element's top is brought just below whatever is pinned to the top of the window
+    (:data:`PINNED_CLASS`), so that a result never lands under it or out of sight.
+
+    Parameters
+    ----------
+    elem_id : str
+        The result's ``elem_id``.
+
+    Returns
+    -------
+    str
+        For an event's ``js=`` (it takes any inputs and returns none).
+    """
+    return f"""(...args) => {{
+  const target = document.getElementById({elem_id!r});
+  if (!target || target.offsetParent === null) return [];
+  let top = 8;
+  document.querySelectorAll(".{PINNED_CLASS}").forEach(pinned => {{
+    if (pinned.offsetParent !== null && getComputedStyle(pinned).position === "sticky") {{
+      top = Math.max(top, pinned.getBoundingClientRect().bottom + 8);
+    }}
+  }});
+  const start = target.getBoundingClientRect().top;
+  if (start < top || start > window.innerHeight - 120) {{
+    window.scrollBy({{top: start - top, behavior: "instant"}});
+  }}
+  return [];
+}}"""
+
+
+def show_result(event: Any, elem_id: str) -> None:
+    """Once ``event`` (a button's click) has finished, scroll its result ``#elem_id`` into view.
+
+    Parameters
+    ----------
+    event : gradio Dependency
+        What ``button.click(...)`` returned.
+    elem_id : str
+        Where the event's result (or its error) is shown.
+    """
+    event.then(None, None, None, js=scroll_to_js(elem_id), queue=False, api_visibility="private")
+
+
+def show_progress_of(button: gr.Button, elem_id: str) -> None:
+    """When ``button`` is pressed, scroll to ``#elem_id``, where its progress and result will show."""
+    button.click(None, None, None, js=scroll_to_js(elem_id), queue=False, api_visibility="private")

@@ -11,7 +11,17 @@ import pandas as pd
 from story import DemoSession
 from story.forms import DEFAULT_N_BITS, SWEEP_N_BITS, SWEEP_SAMPLES, n_bits_bounds
 from ui import figures
-from ui.common import COMPILE, HEAVY, REFRESH, DemoContext, lenient, outdated, pipeline_status, remember
+from ui.common import (
+    COMPILE,
+    HEAVY,
+    REFRESH,
+    DemoContext,
+    lenient,
+    outdated,
+    pipeline_status,
+    remember,
+    show_result,
+)
 from ui.errors import user_errors
 from ui.files import serve_file
 from ui.formatting import format_bytes
@@ -114,7 +124,8 @@ def _compile_panel() -> CompilePanel:
             )
             button = gr.Button("Compile", variant="primary")
         with gr.Column(scale=3, min_width=300):
-            message = gr.Markdown(waiting_markdown(None), elem_classes=["step-result"])
+            message = gr.Markdown(waiting_markdown(None), elem_classes=["step-result"],
+                                  elem_id="compile-result")
             table = gr.Dataframe(headers=ACCURACY_COLUMNS, label="Accuracy: clear vs FHE", interactive=False,
                                  wrap=True, column_widths=["70%", "30%"], elem_id="accuracy-table")
     with gr.Row():
@@ -136,7 +147,7 @@ def _sweep_panel() -> SweepPanel:
         button = gr.Button("Run the n_bits sweep")
     with gr.Row():
         plot = gr.Plot(label="Accuracy and bit width vs n_bits", format="png", show_label=False,
-                       min_width=300)
+                       min_width=300, elem_id="sweep-plot")
         table = gr.Dataframe(headers=SWEEP_COLUMNS, label="Sweep", interactive=False, wrap=True,
                              min_width=300)
     return SweepPanel(button, plot, table)
@@ -169,11 +180,11 @@ def _wire_compile(ctx: DemoContext, panel: CompilePanel, shown: gr.State) -> Non
         return (*_compile_view(session), session, pipeline_status(session),
                 remember(seen, session, "deployment"))
 
-    panel.button.click(
+    show_result(panel.button.click(
         compile_model, [panel.n_bits, panel.calibration, ctx.state, shown],
         [*panel.result_outputs(), ctx.state, ctx.pipeline, shown],
         api_name="compile", show_progress_on=[panel.message], **COMPILE,
-    )
+    ), "compile-result")
 
 
 def _wire_sweep(ctx: DemoContext, calibration: gr.Radio, panel: SweepPanel, shown: gr.State) -> None:
@@ -189,10 +200,10 @@ def _wire_sweep(ctx: DemoContext, calibration: gr.Radio, panel: SweepPanel, show
         seen = {**(seen or {}), "sweep": _model(session)}
         return figures.n_bits_figure(rows), sweep_table(rows), session, seen
 
-    panel.button.click(
+    show_result(panel.button.click(
         sweep, [calibration, ctx.state, shown], [panel.plot, panel.table, ctx.state, shown],
         api_name="n_bits_sweep", show_progress_on=[panel.plot], **HEAVY,
-    )
+    ), "sweep-plot")
 
 
 def _model(session: DemoSession | None) -> int:
@@ -217,12 +228,22 @@ def _wire_refresh(
         if seen.get("sweep", 0) not in (0, _model(session)):
             sweep_values = (None, pd.DataFrame(columns=SWEEP_COLUMNS))
             new_seen["sweep"] = 0
-        return (*compile_values, *sweep_values, new_seen)
+        return (*compile_values, *sweep_values, *_resumed_settings(session, seen), new_seen)
 
     ctx.pipeline.change(
         refresh, [ctx.state, shown],
-        [*compile_panel.result_outputs(), sweep_panel.plot, sweep_panel.table, shown], **REFRESH,
+        [*compile_panel.result_outputs(), sweep_panel.plot, sweep_panel.table, compile_panel.n_bits,
+         compile_panel.calibration, shown], **REFRESH,
     )
+
+
+def _resumed_settings(session: DemoSession | None, seen: dict) -> tuple:
+    """The form's n_bits and calibration for a deployment a reloaded page resumed (else unchanged)."""
+    deployment = session.deployment if session is not None else None
+    if deployment is None or not deployment.resumed or not outdated(seen, session, "deployment"):
+        return gr.skip(), gr.skip()
+    report = deployment.compiled.report
+    return report.n_bits, report.calibration
 
 
 def build(ctx: DemoContext) -> None:

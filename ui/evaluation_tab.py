@@ -9,7 +9,17 @@ import pandas as pd
 
 from story import DemoSession
 from story.evaluation import MAX_EVALUATION_SAMPLES, RunningScore
-from ui.common import HEAVY, PROGRESS, REFRESH, DemoContext, lenient, outdated, remember, run_in_thread
+from ui.common import (
+    HEAVY,
+    PROGRESS,
+    REFRESH,
+    DemoContext,
+    lenient,
+    outdated,
+    remember,
+    run_in_thread,
+    show_progress_of,
+)
 from ui.errors import user_errors
 
 DEFAULT_SAMPLES = 50
@@ -91,7 +101,7 @@ def build(ctx: DemoContext) -> None:
                       label=f"Test samples (at most {MAX_EVALUATION_SAMPLES:,})")
         )
         run_button = gr.Button("Evaluate on encrypted data", variant="primary", min_width=200)
-    status = gr.Markdown(elem_classes=["step-result"])
+    status = gr.Markdown(elem_classes=["step-result"], elem_id="evaluation-status")
     table = gr.Dataframe(headers=RESULT_COLUMNS, label="Encrypted vs clear", interactive=False, wrap=True,
                          column_widths=["62%", "38%"])
     with gr.Accordion("Result (JSON, as the API returns it)", open=False):
@@ -119,9 +129,10 @@ def build(ctx: DemoContext) -> None:
                 continue
             yield value, headline(value, _test_samples(session)), results_table(value), session
 
+    show_progress_of(run_button, "evaluation-status")
     run_button.click(
         evaluate_encrypted, [num_samples, ctx.state], [result_json, status, table, ctx.state],
-        api_name="evaluate_encrypted", show_progress="minimal", show_progress_on=[status], **HEAVY,
+        api_name="evaluate_encrypted", show_progress="hidden", **HEAVY,
     )
 
     def refresh(state: DemoSession | None, seen: dict | None, request: gr.Request = None):

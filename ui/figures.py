@@ -327,9 +327,6 @@ def dp_tradeoff_figure(
         high = [p["accuracy_max"] - p["accuracy"] for p in points]
         ax.errorbar(eps, acc, yerr=[low, high], fmt="none", ecolor=MUTED, capsize=3)
     ax.plot(eps, acc, "o-", color=ACCENT, label="with DP")
-    for i, p in enumerate(points):  # labels alternate below and above the curve, so neighbours do not collide
-        ax.annotate(f"σ={p['noise_multiplier']:g}", (p["epsilon"], p["accuracy"]), textcoords="offset points",
-                    xytext=(0, -20 if i % 2 == 0 else 10), ha="center", fontsize=MIN_FONT_PT)
     if default_noise is not None:
         chosen = [p for p in points if abs(p["noise_multiplier"] - default_noise) < 1e-9]
         if chosen:
@@ -348,7 +345,72 @@ def dp_tradeoff_figure(
     ax.set_ylim(0, 1.02)
     _style(ax)
     _legend(ax, loc="lower right")
+    _label_points(fig, ax, [(p["epsilon"], p["accuracy"]) for p in points],
+                  [f"σ={p['noise_multiplier']:g}" for p in points])
     return fig
+
+
+#: Where a point's label may go (points from the point): below, above, right, left, then the diagonals.
+LABEL_OFFSETS = ((0, -16), (0, 16), (12, 0), (-12, 0), (12, 14), (-12, 14), (12, -14), (-12, -14))
+
+
+def _drawn_points(ax: Any) -> np.ndarray:
+    """Every line, marker and error bar of ``ax`` as screen points 2 px apart (what labels must not cover)."""
+    segments = []
+    around = np.linspace(0, 2 * np.pi, 16)
+    for line in ax.get_lines():
+        vertices = line.get_transform().transform(np.asarray(line.get_xydata(), dtype=float))
+        segments.append(vertices)
+        if line.get_marker() not in (None, "", "None", " "):
+            radius = line.get_markersize() / 2 * ax.figure.dpi / 72
+            circle = radius * np.column_stack([np.cos(around), np.sin(around)])
+            segments.extend(v + circle for v in vertices)
+    for collection in ax.collections:
+        for segment in getattr(collection, "get_segments", list)():
+            segments.append(ax.transData.transform(np.asarray(segment, dtype=float)))
+    points = []
+    for path in segments:
+        points.append(path)
+        for start, end in zip(path[:-1], path[1:], strict=False):
+            steps = max(2, int(np.hypot(*(end - start)) / 2))
+            points.append(start + np.linspace(0, 1, steps)[:, None] * (end - start))
+    return np.vstack(points) if points else np.empty((0, 2))
+
+
+def _label_points(fig: Figure, ax: Any, xy: Sequence[tuple[float, float]], texts: Sequence[str]) -> None:
+    """Label each point where its text covers no line, error bar, marker, axis, the legend or another label.
+
+    Each label takes the first of :data:`LABEL_OFFSETS` that is clear (else the least covered one).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    canvas.draw()  # where the lines, ticks and legend are on screen
+    renderer = canvas.get_renderer()
+    drawn = _drawn_points(ax)
+    frame = ax.get_window_extent(renderer)  # labels stay inside the axes: off them they hit ticks or get cut
+    taken = [legend.get_window_extent(renderer)] if (legend := ax.get_legend()) is not None else []
+    for (x, y), text in zip(xy, texts, strict=True):
+        best = None
+        for dx, dy in LABEL_OFFSETS:
+            align = "center" if dx == 0 else ("left" if dx > 0 else "right")
+            label = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy),
+                                fontsize=MIN_FONT_PT, ha=align, va="center")
+            box = label.get_window_extent(renderer).padded(2)
+            inside = ((drawn[:, 0] >= box.x0) & (drawn[:, 0] <= box.x1)
+                      & (drawn[:, 1] >= box.y0) & (drawn[:, 1] <= box.y1))
+            outside = not (frame.x0 <= box.x0 and box.x1 <= frame.x1
+                           and frame.y0 <= box.y0 and box.y1 <= frame.y1)
+            covered = int(inside.sum()) + sum(box.overlaps(other) for other in taken) + 100 * outside
+            if best is None or covered < best[0]:
+                if best is not None:
+                    best[1].remove()
+                best = (covered, label, box)
+            else:
+                label.remove()
+            if covered == 0:
+                break
+        taken.append(best[2])
 
 
 def sample_image(x: np.ndarray, shape: tuple[int, int], high: float, size: int = 196) -> np.ndarray:

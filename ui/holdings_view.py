@@ -25,7 +25,8 @@ def _item(item: Item) -> str:
 
 
 def _transfer(transfer: Transfer) -> str:
-    arrow = "→ server" if transfer.to_server else "← client"
+    # Named after who receives it: "encrypted result → client" is the server's answer to the client.
+    arrow = "→ server" if transfer.to_server else "→ client"
     size = f" <small>{escape(_size(transfer.size_bytes))}</small>" if transfer.done else ""
     state = "done" if transfer.done else "pending"
     return (f'<li class="{state}"><span class="what">{escape(transfer.name)} <b>{arrow}</b>{size}</span>'

@@ -16,6 +16,7 @@ from ui import figures
 from ui.common import (
     FHE_SERVER,
     LIGHT,
+    PINNED_CLASS,
     PROGRESS,
     REFRESH,
     DemoContext,
@@ -23,6 +24,8 @@ from ui.common import (
     outdated,
     pipeline_status,
     remember,
+    select_brush_js,
+    show_result,
 )
 from ui.errors import USER_ERRORS, user_errors
 from ui.formatting import format_bytes
@@ -32,17 +35,8 @@ SKETCH_SIZE = 280
 #: Brush width on the 280-pixel sketchpad: a digit drawn across most of it then has
 #: strokes as thick, relative to its size, as MNIST's pen strokes.
 BRUSH_PX = 22
-#: Clicks the sketchpad's brush once it shows, so that drawing starts at once.
-SELECT_BRUSH_JS = """(source) => {
-  if (source === "drawing") {
-    setTimeout(() => {
-      const sketch = document.querySelector("#sketch");
-      const brush = sketch && sketch.querySelector("button[aria-label='Brush'], button[title='Brush']");
-      if (brush) brush.click();
-    }, 400);
-  }
-  return [];
-}"""
+#: Selects the sketchpad's brush once it shows, and again after "Clear canvas", so that a stroke draws.
+SELECT_BRUSH_JS = select_brush_js("sketch")
 
 
 def _short(identifier: str) -> str:
@@ -216,24 +210,24 @@ def _input_panel() -> InputPanel:
 def _steps_panel() -> StepsPanel:
     with gr.Group():
         keygen = gr.Button("① Generate keys", variant="primary")
-        keygen_md = gr.Markdown(elem_classes=["step-result"])
+        keygen_md = gr.Markdown(elem_classes=["step-result"], elem_id="keygen-result")
     with gr.Group():
         encrypt = gr.Button("② Encrypt the input", variant="primary")
-        encrypt_md = gr.Markdown(elem_classes=["step-result"])
+        encrypt_md = gr.Markdown(elem_classes=["step-result"], elem_id="encrypt-result")
         quantized_picture = gr.Image(
             label="Quantized input (what gets encrypted)", show_label=False, type="numpy", image_mode="L",
             interactive=False, height=160, buttons=[],
         )
     with gr.Group():
         run = gr.Button("③ Run on the FHE server", variant="primary")
-        run_md = gr.Markdown(elem_classes=["step-result"])
+        run_md = gr.Markdown(elem_classes=["step-result"], elem_id="run-result")
     with gr.Group():
         decrypt = gr.Button("④ Decrypt the result", variant="primary")
-        decrypt_md = gr.Markdown(elem_classes=["step-result"])
+        decrypt_md = gr.Markdown(elem_classes=["step-result"], elem_id="decrypt-result")
         probabilities_plot = gr.Plot(label="Class probabilities", format="png", show_label=False)
     with gr.Accordion("What does someone with the wrong key get?", open=False):
         wrong_key = gr.Button("Decrypt with freshly generated (wrong) keys")
-        wrong_key_md = gr.Markdown(elem_classes=["step-result"])
+        wrong_key_md = gr.Markdown(elem_classes=["step-result"], elem_id="wrong-key-result")
         wrong_key_plot = gr.Plot(label="Wrong keys", format="png", show_label=False)
         wrong_key_json = gr.JSON(visible=False)
     return StepsPanel(keygen, keygen_md, encrypt, quantized_picture, encrypt_md, run, run_md, decrypt,
@@ -291,14 +285,25 @@ def _wire_preview(ctx: DemoContext, panel: InputPanel, tab: gr.Tab) -> None:
     def preview(
         source: str, sample_index: Any, drawing: Any, state: DemoSession | None, request: gr.Request = None,
     ):
-        return _preview(ctx.existing_session(state, request), source, sample_index, drawing)
+        session = ctx.existing_session(state, request)
+        # A new input makes the old one's ciphertext and results obsolete: the status line then
+        # changes, and the panels of steps ② to ④ empty (see _wire_refresh).
+        status = gr.skip()
+        try:
+            if session is not None and session.choose_input(source, sample_index, drawing):
+                status = pipeline_status(session)
+        except USER_ERRORS:
+            pass  # another step of this session runs; its own result redraws the panels
+        return (*_preview(session, source, sample_index, drawing), status)
 
     gr.on(
         [panel.source.change, panel.sample_index.change, panel.sketch.change, tab.select],
-        preview, [panel.source, panel.sample_index, panel.sketch, ctx.state], panel.preview_outputs(),
+        preview, [panel.source, panel.sample_index, panel.sketch, ctx.state],
+        [*panel.preview_outputs(), ctx.pipeline],
         api_visibility="private", trigger_mode="always_last", show_progress="hidden", **LIGHT,
     )
-    panel.source.change(None, [panel.source], None, js=SELECT_BRUSH_JS)
+    panel.source.change(None, None, None, js=SELECT_BRUSH_JS)
+    panel.sketch.clear(None, None, None, js=SELECT_BRUSH_JS)
 
     def random_sample(state: DemoSession | None, request: gr.Request = None) -> Any:
         session = ctx.existing_session(state, request)
@@ -353,8 +358,8 @@ def _wire_steps(ctx: DemoContext, inputs: InputPanel, steps: StepsPanel, results
         session.generate_keys()
         return views(session, seen, "keys")
 
-    steps.keygen.click(keygen, [ctx.state, shown], outputs("keys"), api_name="keygen",
-                       show_progress_on=[steps.keygen_md], **LIGHT)
+    show_result(steps.keygen.click(keygen, [ctx.state, shown], outputs("keys"), api_name="keygen",
+                                   show_progress_on=[steps.keygen_md], **LIGHT), "keygen-result")
 
     @user_errors
     def encrypt(
@@ -370,9 +375,11 @@ def _wire_steps(ctx: DemoContext, inputs: InputPanel, steps: StepsPanel, results
         session.encrypt(source, sample_index, drawing)
         return views(session, seen, "encrypted")
 
-    steps.encrypt.click(encrypt, [inputs.sample_index, inputs.source, inputs.sketch, ctx.state, shown],
-                        outputs("encrypted"), api_name="encrypt", show_progress_on=[steps.encrypt_md],
-                        **LIGHT)
+    encrypting = steps.encrypt.click(
+        encrypt, [inputs.sample_index, inputs.source, inputs.sketch, ctx.state, shown], outputs("encrypted"),
+        api_name="encrypt", show_progress_on=[steps.encrypt_md], **LIGHT,
+    )
+    show_result(encrypting, "encrypt-result")
 
     @user_errors
     def run_fhe(state: DemoSession | None = None, seen: dict | None = None, request: gr.Request = None):
@@ -381,8 +388,8 @@ def _wire_steps(ctx: DemoContext, inputs: InputPanel, steps: StepsPanel, results
         session.run_on_server()
         return views(session, seen, "server_output")
 
-    steps.run.click(run_fhe, [ctx.state, shown], outputs("server_output"), api_name="run_fhe",
-                    show_progress_on=[steps.run_md], **FHE_SERVER)
+    show_result(steps.run.click(run_fhe, [ctx.state, shown], outputs("server_output"), api_name="run_fhe",
+                                show_progress_on=[steps.run_md], **FHE_SERVER), "run-result")
 
     @user_errors
     def decrypt(state: DemoSession | None = None, seen: dict | None = None, request: gr.Request = None):
@@ -391,8 +398,8 @@ def _wire_steps(ctx: DemoContext, inputs: InputPanel, steps: StepsPanel, results
         session.decrypt()
         return views(session, seen, "decrypted")
 
-    steps.decrypt.click(decrypt, [ctx.state, shown], outputs("decrypted"), api_name="decrypt",
-                        show_progress_on=[steps.decrypt_md], **LIGHT)
+    show_result(steps.decrypt.click(decrypt, [ctx.state, shown], outputs("decrypted"), api_name="decrypt",
+                                    show_progress_on=[steps.decrypt_md], **LIGHT), "decrypt-result")
 
 
 def _quantized_picture(session: DemoSession) -> np.ndarray | None:
@@ -419,10 +426,10 @@ def _wire_wrong_key(ctx: DemoContext, steps: StepsPanel) -> None:
         )
         return _wrong_key_view(session, result)
 
-    steps.wrong_key.click(
+    show_result(steps.wrong_key.click(
         wrong_key, [ctx.state], [steps.wrong_key_json, steps.wrong_key_md, steps.wrong_key_plot],
         api_name="decrypt_wrong_key", show_progress_on=[steps.wrong_key_md], **LIGHT,
-    )
+    ), "wrong-key-result")
 
 
 def _wrong_key_view(session: DemoSession, result: dict[str, Any]) -> tuple[Any, str, Any]:
@@ -524,15 +531,18 @@ def build(ctx: DemoContext, tab: gr.Tab) -> None:
         "The **client** role runs on this app's host, for you: it generates your private key, keeps it in a "
         "directory of its own, encrypts and decrypts. The **FHE server** is a separate service: it computes "
         "on ciphertexts it cannot read. Your browser only shows the results. Run the four steps in order "
-        "and watch what each side holds."
+        "and watch what each side holds.",
+        elem_id="inference-intro",
     )
     shown = gr.State({})
-    diagram = gr.HTML(_diagram(None), elem_id="holdings")
     with gr.Row():
         with gr.Column(scale=2, min_width=300):
             inputs = _input_panel()
         with gr.Column(scale=3, min_width=320):
             steps = _steps_panel()
+    # After the steps in the page, so that step ① is near the top on a phone; on a wider screen the
+    # style sheet shows it above them and keeps it in view while the steps scroll by (ui/style.css).
+    diagram = gr.HTML(_diagram(None), elem_id="holdings", elem_classes=[PINNED_CLASS])
     results = _step_results()
     _wire_preview(ctx, inputs, tab)
     _wire_steps(ctx, inputs, steps, results, diagram, shown)

@@ -12,7 +12,7 @@ import gradio as gr
 
 from story import DemoSession, SessionRegistry
 from story.pages import close_page, open_page
-from ui.common import DemoContext, pipeline_status
+from ui.common import REFRESH, DemoContext, pipeline_status
 
 #: Where the browser keeps its token (local storage key; the value is an opaque random string).
 BROWSER_KEY = "fl-fhe-demo-page"
@@ -44,6 +44,14 @@ def build(ctx: DemoContext, notice: gr.Markdown) -> Any:
 
     started = ctx.demo.load(start, [token], [token, ctx.state, ctx.pipeline, notice],
                             api_visibility="private", show_progress="hidden")
+
+    def banner(state: DemoSession | None, request: gr.Request) -> Any:
+        # The banner describes the resumed model: it goes once another model (a retrain) replaces it.
+        session = ctx.existing_session(state, request)
+        record = session.training_record() if session is not None else None
+        return gr.skip() if record is not None and record.resumed else ""
+
+    ctx.pipeline.change(banner, [ctx.state], [notice], **REFRESH)
 
     def end(request: gr.Request) -> None:
         # The private key goes now; the model and deployment wait a while for a reload.

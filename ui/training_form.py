@@ -19,6 +19,12 @@ PARTITIONING_HELP = {
 }
 
 
+#: The settings' names (``TrainingConfig``'s fields), in the order of :meth:`Settings.inputs`.
+FIELDS = ("dataset", "num_clients", "num_rounds", "partitioning", "alpha", "classes_per_client", "strategy",
+          "local_epochs", "seed", "differential_privacy", "noise_multiplier", "clipping_norm",
+          "secure_aggregation")
+
+
 @dataclass
 class Settings:
     """The training settings' widgets, in the order of ``/train``'s parameters."""
@@ -51,7 +57,7 @@ def build() -> Settings:
     dataset = gr.Dropdown(
         list(forms.DATASET_NAMES), value=START.dataset, label="Dataset",
         info="mnist-5k: 5,000 real MNIST digits (offline). digits: 8×8 digits, fastest. "
-             "mnist: full MNIST (needs internet once).",
+             "mnist: full MNIST, 70,000 digits (downloaded from openml.org before its first training).",
     )
     with gr.Row():
         num_clients = lenient(gr.Slider(*forms.training_bounds("num_clients"), value=START.num_clients,
@@ -72,10 +78,11 @@ def build() -> Settings:
         ))
     with gr.Row():
         strategy = gr.Dropdown(list(forms.STRATEGIES), value=START.strategy, label="Strategy")
-        local_epochs = lenient(gr.Slider(*forms.training_bounds("local_epochs"),
-                                         value=START.local_epochs, step=1, label="Local epochs"))
         seed = lenient(gr.Number(value=START.seed, label="Seed", precision=0, minimum=0,
                                  maximum=forms.training_bounds("seed")[1]))
+    # A row of its own: squeezed beside two other fields, the slider scrolled and cut its maximum.
+    local_epochs = lenient(gr.Slider(*forms.training_bounds("local_epochs"),
+                                     value=START.local_epochs, step=1, label="Local epochs"))
     with gr.Accordion("Differential privacy", open=False):
         differential_privacy = gr.Checkbox(
             value=START.differential_privacy,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,8 +12,18 @@ import pandas as pd
 
 from story import Baseline, DemoSession, Joined, QueueStatus, forms
 from ui import dp_panel, figures, training_form, updates_panel
-from ui.common import LIGHT, PROGRESS, REFRESH, TRAINING, DemoContext, pipeline_status
-from ui.errors import USER_ERRORS, user_errors
+from ui.common import (
+    LIGHT,
+    PROGRESS,
+    REFRESH,
+    TRAINING,
+    DemoContext,
+    outdated,
+    pipeline_status,
+    remember,
+    show_progress_of,
+)
+from ui.errors import USER_ERRORS, to_user_error, user_errors
 from ui.files import hold_upload, serve_file
 from ui.plot_cache import PlotCache
 from ui.training_form import Settings
@@ -82,6 +93,24 @@ def waiting_text(status: QueueStatus) -> str:
     return f"Waiting for the training runtime: {ahead} ahead of you, about {status.eta_seconds:.0f} s."
 
 
+def done_text(rounds: int, clients: int, seconds: float, waited: float = 0.0) -> str:
+    """The end of a training: how long it ran, and first how long it waited for the runtime, if it did.
+
+    Parameters
+    ----------
+    rounds, clients : int
+        The run's settings.
+    seconds : float
+        How long the run itself took.
+    waited : float
+        How long it queued for the training runtime before its first round (0: it did not).
+    """
+    if waited >= 0.5:
+        return (f"✓ Done: {rounds} rounds with {clients} clients. Waited {waited:.1f} s for the training "
+                f"runtime, then ran in {seconds:.1f} s.")
+    return f"✓ Done: {rounds} rounds with {clients} clients in {seconds:.1f} s."
+
+
 def summary_markdown(summary: dict[str, Any]) -> str:
     """Accuracy beside the centralized baseline (and ε under differential privacy).
 
@@ -143,13 +172,14 @@ class Upload:
 
 
 def _results_panel(distribution_plot: gr.Plot, distribution_note: gr.Markdown) -> Results:
-    status = gr.Markdown("Press **Start federated training**.")
+    status = gr.Markdown("Press **Start federated training**.", elem_id="train-status")
     with gr.Row():
-        curves = gr.Plot(label="Accuracy and loss per round (live)", format="png")
+        curves = gr.Plot(label="Accuracy and loss per round (live)", format="png", elem_id="training-curves")
     with gr.Row():
         with gr.Column(scale=3):
             log = gr.Dataframe(
                 headers=ROUND_LOG_COLUMNS, label="Round log", interactive=False, max_height=260,
+                elem_id="round-log",
             )
         with gr.Column(scale=2):
             summary_md = gr.Markdown()
@@ -228,14 +258,93 @@ def _history_key(history: list[Any]) -> tuple:
     return tuple((r.round, r.accuracy, r.loss, r.client_accuracy, r.client_loss, r.epsilon) for r in history)
 
 
-def _wire_training(ctx: DemoContext, settings: Settings, results: Results) -> None:
-    def chart(history: list[Any], total_rounds: int, baseline: float | None = None) -> Any:
-        """The rounds so far, drawn once for every visitor who sees the same run."""
-        key = ("training", _history_key(history), total_rounds, baseline)
-        return CHARTS.get(results.curves, key,
-                          lambda: figures.training_figure(history, total_rounds, baseline))
+def _chart(results: Results, history: list[Any], total_rounds: int, baseline: float | None = None) -> Any:
+    """The rounds so far, drawn once for every visitor who sees the same run."""
+    key = ("training", _history_key(history), total_rounds, baseline)
+    return CHARTS.get(results.curves, key, lambda: figures.training_figure(history, total_rounds, baseline))
 
-    @user_errors
+
+def _model_view(session: DemoSession | None, results: Results, note: str = "") -> tuple:
+    """Tab 1's results for the session's current model, whichever page made it (after a reload, a
+    failed training): summary JSON, status line, chart, round log, summary, download.
+
+    ``note`` (a failed training's message) leads the status line.
+    """
+    record = session.training_record() if session is not None else None
+    lead = f"{note} " if note else ""
+    if record is None:
+        return None, lead + "Press **Start federated training**.", None, round_log([]), "", None
+    summary = record.summary
+    model_file = serve_file(session.while_current("model"), session.model_file)
+    if record.source != "federated":
+        text = (f"Current model: {record.source}, **{summary['accuracy']:.1%}** test accuracy on "
+                f"{summary['dataset']}.")
+        return summary, lead + text, None, round_log([]), text, model_file
+    if record.resumed:
+        status = (f"↻ Your model from before the page reload: {summary['rounds']} rounds with "
+                  f"{summary['clients']} clients.")
+    else:
+        status = done_text(summary["rounds"], summary["clients"], summary["seconds"])
+    chart = _chart(results, record.history, summary["rounds"], summary.get("baseline_accuracy"))
+    return (summary, lead + status, chart, round_log(record.history), summary_markdown(summary), model_file)
+
+
+def _stream_training(session: DemoSession, cfg: forms.TrainingConfig, results: Results,
+                     progress: gr.Progress) -> Iterator[tuple]:
+    """Each update of a training as tab 1 shows it: status, chart, round log, and last the result."""
+    history: list[Any] = []
+    baseline = None
+    shared_note = ""
+    last_plot = 0.0
+    waiting_since, waited = 0.0, 0.0
+    skip = gr.skip()
+    progress(0, desc="Training the centralized baseline …")
+    yield (skip, "… Training a centralized baseline for comparison …",
+           _chart(results, [], cfg.num_rounds), round_log([]), skip, skip, session, skip)
+    for item in session.train(cfg):
+        if isinstance(item, Baseline):
+            baseline = item.accuracy
+            progress(0, desc="Starting the Flower simulation …")
+            yield (skip, "… Starting the Flower simulation …",
+                   _chart(results, [], cfg.num_rounds, baseline), skip, skip, skip, session, skip)
+        elif isinstance(item, Joined):
+            shared_note = joined_text(item)
+            yield (skip, f"… {shared_note}", skip, skip, skip, skip, session, skip)
+        elif isinstance(item, QueueStatus):
+            waiting_since = waiting_since or time.monotonic()
+            progress(0, desc=waiting_text(item))
+            yield (skip, f"… {waiting_text(item)}", skip, skip, skip, skip, session, skip)
+        elif isinstance(item, dict):
+            summary = item
+            done = done_text(cfg.num_rounds, cfg.num_clients, summary["seconds"], waited)
+            yield (
+                summary,
+                f"{done} {shared_note}".strip(),
+                _chart(results, history, cfg.num_rounds, summary.get("baseline_accuracy")),
+                round_log(history),
+                summary_markdown(summary),
+                serve_file(session.while_current("model"), session.model_file),
+                session,
+                pipeline_status(session),
+            )
+            return
+        else:
+            if waiting_since and not waited:  # the first round: the wait is over
+                waited = time.monotonic() - waiting_since
+            history.append(item)
+            progress((item.round, cfg.num_rounds), desc=f"Round {item.round}/{cfg.num_rounds}")
+            text = f"… Round {item.round}/{cfg.num_rounds}: accuracy {item.accuracy:.1%}"
+            if item.epsilon is not None:
+                text += f", ε = {item.epsilon:.2f}"
+            # Rounds a shared run already had arrive at once: draw the chart for the newest only.
+            plot = skip
+            if time.monotonic() - last_plot >= PLOT_INTERVAL_SECONDS:
+                last_plot = time.monotonic()
+                plot = _chart(results, history, cfg.num_rounds, baseline)
+            yield (skip, text, plot, round_log(history), skip, skip, session, skip)
+
+
+def _wire_training(ctx: DemoContext, settings: Settings, results: Results, shown: gr.State) -> None:
     def train(
         dataset: str = START.dataset,
         num_clients: int = START.num_clients,
@@ -251,71 +360,70 @@ def _wire_training(ctx: DemoContext, settings: Settings, results: Results) -> No
         clipping_norm: float = START.clipping_norm,
         secure_aggregation: bool = False,
         state: DemoSession | None = None,
+        seen: dict | None = None,
         request: gr.Request = None,
         progress: gr.Progress = PROGRESS,
     ):
         """Train a model with Flower and stream each round (API: /train)."""
-        cfg = forms.TrainingConfig.from_values(
-            dataset=dataset, num_clients=num_clients, num_rounds=num_rounds, partitioning=partitioning,
-            alpha=alpha, classes_per_client=classes_per_client, strategy=strategy, local_epochs=local_epochs,
-            seed=seed, differential_privacy=differential_privacy, noise_multiplier=noise_multiplier,
-            clipping_norm=clipping_norm, secure_aggregation=secure_aggregation,
-        )
-        forms.check_runnable(cfg)  # refused before a session is opened for it
-        session = ctx.session(state, request)
-        history: list[Any] = []
-        baseline = None
-        shared_note = ""
-        last_plot = 0.0
-        skip = gr.skip()
-        progress(0, desc="Training the centralized baseline …")
-        yield (skip, "… Training a centralized baseline for comparison …",
-               chart([], cfg.num_rounds), round_log([]), skip, skip, session, skip)
-        for item in session.train(cfg):
-            if isinstance(item, Baseline):
-                baseline = item.accuracy
-                progress(0, desc="Starting the Flower simulation …")
-                yield (skip, "… Starting the Flower simulation …",
-                       chart([], cfg.num_rounds, baseline), skip, skip, skip, session, skip)
-            elif isinstance(item, Joined):
-                shared_note = joined_text(item)
-                yield (skip, f"… {shared_note}", skip, skip, skip, skip, session, skip)
-            elif isinstance(item, QueueStatus):
-                progress(0, desc=waiting_text(item))
-                yield (skip, f"… {waiting_text(item)}", skip, skip, skip, skip, session, skip)
-            elif isinstance(item, dict):
-                summary = item
-                done = (f"✓ Done: {cfg.num_rounds} rounds with {cfg.num_clients} clients "
-                        f"in {summary['seconds']:.1f} s.")
-                yield (
-                    summary,
-                    f"{done} {shared_note}".strip(),
-                    chart(history, cfg.num_rounds, summary.get("baseline_accuracy")),
-                    round_log(history),
-                    summary_markdown(summary),
-                    serve_file(session.while_current("model"), session.model_file),
-                    session,
-                    pipeline_status(session),
-                )
-                return
-            else:
-                history.append(item)
-                progress((item.round, cfg.num_rounds), desc=f"Round {item.round}/{cfg.num_rounds}")
-                text = f"… Round {item.round}/{cfg.num_rounds}: accuracy {item.accuracy:.1%}"
-                if item.epsilon is not None:
-                    text += f", ε = {item.epsilon:.2f}"
-                # Rounds a shared run already had arrive at once: draw the chart for the newest only.
-                plot = skip
-                if time.monotonic() - last_plot >= PLOT_INTERVAL_SECONDS:
-                    last_plot = time.monotonic()
-                    plot = chart(history, cfg.num_rounds, baseline)
-                yield (skip, text, plot, round_log(history), skip, skip, session, skip)
+        session = None
+        try:
+            cfg = forms.TrainingConfig.from_values(
+                dataset=dataset, num_clients=num_clients, num_rounds=num_rounds, partitioning=partitioning,
+                alpha=alpha, classes_per_client=classes_per_client, strategy=strategy,
+                local_epochs=local_epochs, seed=seed, differential_privacy=differential_privacy,
+                noise_multiplier=noise_multiplier, clipping_norm=clipping_norm,
+                secure_aggregation=secure_aggregation,
+            )
+            forms.check_runnable(cfg)  # refused before a session is opened for it
+            session = ctx.session(state, request)
+            for update in _stream_training(session, cfg, results, progress):
+                done = isinstance(update[-1], str)  # the last update carries the new status line
+                yield (*update, remember(seen, session, "model") if done else gr.skip())
+        except GeneratorExit:
+            raise
+        except Exception as exc:
+            error = to_user_error(exc)
+            session = session or ctx.existing_session(state, request)
+            # The tab shows the current model again (the one before this training), under the reason.
+            failed = f"✗ Training failed: {error.message}"
+            restored = _model_view(session, results, failed)
+            yield (*restored, gr.skip(), gr.skip(), remember(seen, session, "model"))
+            raise error from exc
 
-    settings.start.click(
-        train, settings.inputs() + [ctx.state],
+    show_progress_of(settings.start, "train-status")
+    shows = [results.summary_json, results.status, results.curves, results.log, results.summary_md,
+             results.model_file]
+    training = settings.start.click(
+        train, [*settings.inputs(), ctx.state, shown], [*shows, ctx.state, ctx.pipeline, shown],
+        # The handler's own status line says what runs (unfaded, nothing printed over it).
+        api_name="train", show_progress="hidden", **TRAINING,
+    )
+    # A failed training already shows the current model again under its reason (and a pop-up):
+    # the Error badges Gradio puts on its outputs would only say that the model shown failed.
+    badged = [*shows, ctx.pipeline]
+    training.failure(lambda: (gr.skip(),) * len(badged), None, badged, **REFRESH)
+
+
+def _wire_refresh(ctx: DemoContext, settings: Settings, results: Results, upload: Upload,
+                  shown: gr.State) -> None:
+    """Redraw tab 1 for a model this page's training did not draw: a reload's resumed model (its form
+    settings too), an upload, the class model; a model that is gone empties it. (Any redraw, even one
+    that skips every value, also takes away the Error badge a failed upload left on its message.)"""
+
+    def refresh(state: DemoSession | None, seen: dict | None, request: gr.Request = None):
+        session = ctx.existing_session(state, request)
+        form = [gr.skip()] * len(settings.inputs())
+        if not outdated(seen, session, "model"):
+            return (*[gr.skip()] * 6, *form, gr.skip(), gr.skip())
+        record = session.training_record() if session is not None else None
+        if record is not None and record.resumed and record.settings:
+            form = [record.settings.get(name, gr.skip()) for name in training_form.FIELDS]
+        return (*_model_view(session, results), *form, gr.skip(), remember(seen, session, "model"))
+
+    ctx.pipeline.change(
+        refresh, [ctx.state, shown],
         [results.summary_json, results.status, results.curves, results.log, results.summary_md,
-         results.model_file, ctx.state, ctx.pipeline],
-        api_name="train", show_progress="full", show_progress_on=[results.status], **TRAINING,
+         results.model_file, *settings.inputs(), upload.message, shown], **REFRESH,
     )
 
 
@@ -346,10 +454,8 @@ def _wire_upload(ctx: DemoContext, settings: Settings, results: Results, upload:
         [upload.result_json, upload.message, results.model_file, ctx.state, ctx.pipeline],
         api_name="upload_model", show_progress_on=[upload.message], **LIGHT,
     )
-
-    # A failed upload or training leaves an Error badge on its own message only; the next step
-    # that succeeds anywhere (the status line changes) takes it away.
-    ctx.pipeline.change(lambda: (gr.skip(), gr.skip()), None, [upload.message, results.status], **REFRESH)
+    # A failed upload leaves an Error badge on its own message only; the next step that succeeds
+    # anywhere (the status line changes) takes it away: tab 1's redraw (_wire_refresh) outputs it.
 
 
 def build(ctx: DemoContext) -> None:
@@ -376,5 +482,7 @@ def build(ctx: DemoContext) -> None:
     upload = _upload_panel()
     _wire_partitioning_help(settings)
     _wire_preview(ctx, settings, results)
-    _wire_training(ctx, settings, results)
+    shown = gr.State({})
+    _wire_training(ctx, settings, results, shown)
     _wire_upload(ctx, settings, results, upload)
+    _wire_refresh(ctx, settings, results, upload, shown)

@@ -18,7 +18,16 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 
 from tests.helpers import running_app  # noqa: E402
-from tests.ui.test_browser import CHROMIUM, CHROMIUM_ARGS, PHONE, PROJECTOR, TABS, open_tab, step  # noqa: E402
+from tests.ui.test_browser import (  # noqa: E402
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    PHONE,
+    PROJECTOR,
+    TABS,
+    draw_stroke,
+    open_tab,
+    step,
+)
 
 NAMES = ["1-federated-training", "2-convert-compile", "3-encrypted-inference", "4-encrypted-evaluation",
          "5-classroom-console", "6-about"]
@@ -30,6 +39,8 @@ def walk(page, prefix: str = "") -> None:
 
     def shot(name: str) -> None:
         page.wait_for_timeout(800)
+        page.evaluate("window.scrollTo(0, 0)")  # tab 3's picture sticks where the window was scrolled to
+        page.wait_for_timeout(300)
         page.screenshot(path=str(HERE / f"{prefix}{name}.png"), full_page=True)
 
     page.get_by_role("button", name="Start federated training").click()
@@ -69,18 +80,6 @@ def walk(page, prefix: str = "") -> None:
     shot(NAMES[3])
     open_tab(page, TABS[5])
     shot(NAMES[5])
-
-
-def draw_stroke(page, canvas_selector: str) -> None:
-    """A "7": two mouse strokes across the sketchpad."""
-    canvas = page.locator(f"{canvas_selector} canvas").first
-    canvas.scroll_into_view_if_needed()
-    box = canvas.bounding_box()
-    page.mouse.move(box["x"] + box["width"] * 0.28, box["y"] + box["height"] * 0.22)
-    page.mouse.down()
-    page.mouse.move(box["x"] + box["width"] * 0.72, box["y"] + box["height"] * 0.22, steps=12)
-    page.mouse.move(box["x"] + box["width"] * 0.42, box["y"] + box["height"] * 0.82, steps=18)
-    page.mouse.up()
 
 
 def classroom(browser, url: str) -> None:

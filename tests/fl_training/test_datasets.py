@@ -41,5 +41,15 @@ def test_full_mnist_offline_suggests_the_offline_subset(monkeypatch, tmp_path):
         raise urllib.error.URLError("no network")
 
     monkeypatch.setattr("sklearn.datasets.fetch_openml", offline)
-    with pytest.raises(DatasetUnavailableError, match="mnist-5k"):
+    with pytest.raises(DatasetUnavailableError, match="mnist-5k") as refused:
         datasets._load_mnist(tmp_path)
+    assert str(tmp_path) not in str(refused.value)  # a visitor reads it: no path of the host
+
+
+def test_only_full_mnist_needs_a_download_until_it_is_cached(tmp_path):
+    assert datasets.needs_download("mnist", tmp_path)
+    assert not any(datasets.needs_download(n, tmp_path) for n in ("mnist-5k", "digits", "breast-cancer"))
+    cached = tmp_path / "openml" / "openml.org" / "data" / "v1" / "download"
+    cached.mkdir(parents=True)
+    (cached / "52667.gz").write_bytes(b"")  # where scikit-learn's fetch_openml keeps the download
+    assert not datasets.needs_download("mnist", tmp_path)

@@ -78,7 +78,7 @@ def test_every_step_out_of_order_names_the_missing_step_through_the_api(launched
         refused(api_name, "No keys yet: run step ① Key generation first")
     client.predict(api_name="/keygen")
     for api_name in ("/run_fhe", "/decrypt", "/decrypt_wrong_key"):
-        refused(api_name, "Nothing is encrypted yet: run step ② Encryption first")
+        refused(api_name, "Nothing is encrypted for this input yet: encrypt this input first")
 
     dataset = load_dataset("digits")
     last = len(dataset.X_test) - 1
@@ -176,7 +176,7 @@ def test_the_whole_flow_through_the_api(client, launched_app):
 
     keys = client.predict(api_name="/keygen")[0]
     assert keys["private_key_bytes"] > 0 and keys["evaluation_key_bytes"] > 0 and keys["seconds"] >= 0
-    with pytest.raises(AppError, match="Nothing is encrypted yet"):
+    with pytest.raises(AppError, match="encrypt this input first"):
         client.predict(api_name="/run_fhe")
 
     n_test = len(load_dataset("digits").X_test)

@@ -102,6 +102,7 @@ def train(page, dataset: str, clients: int = 3, rounds: int = 2) -> None:
     trained = re.compile(rf"✓ model · ○ compiled .*federated model on {re.escape(dataset)}")
     expect(page.get_by_text(trained)).to_be_visible(timeout=180_000)
     expect(page.get_by_text(re.compile(rf"Done: {rounds} rounds with {clients} clients"))).to_be_visible()
+    assert in_view(page, "#train-status"), "the training's progress and result are out of sight"
 
 
 def compile_model(page) -> None:
@@ -110,13 +111,28 @@ def compile_model(page) -> None:
     open_tab(page, TABS[1])
     page.get_by_role("button", name="Compile", exact=True).click()
     expect(page.get_by_text(re.compile(r"Compiled in \d+\.\d+ s"))).to_be_visible(timeout=120_000)
+    page.wait_for_timeout(300)
+    assert in_view(page, "#compile-result"), "the compile's result is out of sight"
+
+
+#: Where each main button of tab 3 shows its result.
+STEP_RESULTS = {"① Generate keys": "#keygen-result", "② Encrypt the input": "#encrypt-result",
+                "③ Run on the FHE server": "#run-result", "④ Decrypt the result": "#decrypt-result",
+                "Decrypt with freshly generated (wrong) keys": "#wrong-key-result"}
 
 
 def step(page, button: str, done: str) -> None:
+    """Press a button of tab 3 and wait for its result, which must then be in view."""
     from playwright.sync_api import expect
 
     page.get_by_role("button", name=button).click()
     expect(page.get_by_text(re.compile(done)).first).to_be_visible(timeout=60_000)
+    result = STEP_RESULTS.get(button)
+    if result:
+        deadline = time.monotonic() + 5
+        while not in_view(page, result) and time.monotonic() < deadline:
+            page.wait_for_timeout(100)
+        assert in_view(page, result), f"the result of {button} is out of sight"
 
 
 def error_badges(page) -> int:
@@ -150,6 +166,131 @@ def overflowing(page) -> list[str]:
         if (doc.scrollWidth > window.innerWidth) out.push(`page: ${doc.scrollWidth} > ${window.innerWidth}`);
         return out;
     }""")
+
+
+#: Every visible text smaller than 14 px or below WCAG AA contrast (4.5:1, 3:1 from 24 px or 18.66 px bold),
+#: its colour blended over the backgrounds and opacities it is drawn on.
+ILLEGIBLE_JS = r"""() => {
+  const parse = c => {
+    const m = c.match(/rgba?\(([^)]+)\)/);
+    if (!m) return null;
+    const p = m[1].split(/[ ,\/]+/).filter(Boolean).map(Number);
+    return [p[0], p[1], p[2], p.length > 3 ? p[3] : 1];
+  };
+  const channel = v => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
+  const lum = ([r, g, b]) => 0.2126 * channel(r) + 0.7152 * channel(g) + 0.0722 * channel(b);
+  const background = el => {
+    const layers = [];
+    for (let e = el; e; e = e.parentElement) {
+      const c = parse(getComputedStyle(e).backgroundColor);
+      if (c && c[3] > 0) { layers.push(c); if (c[3] >= 1) break; }
+    }
+    let out = [255, 255, 255];
+    for (const c of layers.reverse()) out = out.map((v, i) => v * (1 - c[3]) + c[i] * c[3]);
+    return out;
+  };
+  const opacity = el => {
+    let o = 1;
+    for (let e = el; e; e = e.parentElement) o *= Number(getComputedStyle(e).opacity);
+    return o;
+  };
+  const out = [], seen = new Set();
+  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  while (walker.nextNode()) {
+    const el = walker.currentNode.parentElement, text = walker.currentNode.textContent.trim();
+    if (!text || !el || seen.has(el)) continue;
+    seen.add(el);
+    if (el.closest('svg, script, style, [aria-hidden="true"], .sr-only, .visually-hidden')) continue;
+    const box = el.getBoundingClientRect(), style = getComputedStyle(el);
+    if (!box.width || !box.height || el.offsetParent === null || style.visibility === 'hidden') continue;
+    const size = parseFloat(style.fontSize), fg = parse(style.color), bg = background(el);
+    const alpha = fg[3] * opacity(el);
+    const shown = fg.slice(0, 3).map((v, i) => v * alpha + bg[i] * (1 - alpha));
+    const ratio = (Math.max(lum(shown), lum(bg)) + 0.05) / (Math.min(lum(shown), lum(bg)) + 0.05);
+    const large = size >= 24 || (size >= 18.66 && Number(style.fontWeight) >= 700);
+    if (size < 14 || ratio < (large ? 3 : 4.5)) {
+      out.push(`${text.slice(0, 40)}: ${size} px, ${ratio.toFixed(2)}:1`);
+    }
+  }
+  return out;
+}"""
+
+
+def illegible(page) -> list[str]:
+    """Texts on screen under 14 px or of less than WCAG AA contrast."""
+    return page.evaluate(ILLEGIBLE_JS)
+
+
+def in_view(page, selector: str) -> bool:
+    """True when the top of ``selector`` is inside the window (below what is pinned to its top)."""
+    return page.evaluate("""(selector) => {
+        const el = document.querySelector(selector);
+        if (!el || el.offsetParent === null) return false;
+        let top = 0;
+        document.querySelectorAll('.pinned').forEach(p => {
+            const bottom = p.getBoundingClientRect().bottom;
+            if (getComputedStyle(p).position === 'sticky') top = Math.max(top, bottom);
+        });
+        const start = el.getBoundingClientRect().top;
+        return start >= top - 1 && start < window.innerHeight - 20;
+    }""", selector)
+
+
+def fully_in_view(page, selector: str) -> bool:
+    """True when all of ``selector`` is inside the window."""
+    return page.evaluate("""(selector) => {
+        const r = document.querySelector(selector).getBoundingClientRect();
+        return r.top >= 0 && r.bottom <= window.innerHeight;
+    }""", selector)
+
+
+def misaligned_headers(page) -> list[str]:
+    """Visible data tables whose header cells do not line up with their first row's cells."""
+    return page.evaluate("""() => {
+        const out = [];
+        document.querySelectorAll('.table-wrap').forEach(wrap => {
+            if (wrap.offsetParent === null) return;
+            const head = wrap.querySelectorAll('thead th'), row = wrap.querySelector('.virtual-row');
+            if (!row || !head.length) return;
+            Array.from(row.querySelectorAll('.body-cell')).forEach((cell, i) => {
+                const a = head[i] && head[i].getBoundingClientRect(), b = cell.getBoundingClientRect();
+                if (a && (Math.abs(a.left - b.left) > 1.5 || Math.abs(a.right - b.right) > 1.5)) {
+                    const name = head[i].innerText.trim();
+                    out.push(`${name}: header ${a.left}-${a.right}, cells ${b.left}-${b.right}`);
+                }
+            });
+        });
+        return out;
+    }""")
+
+
+def draw_stroke(page, canvas_selector: str) -> None:
+    """A "7": two mouse strokes across the sketchpad."""
+    canvas = page.locator(f"{canvas_selector} canvas").first
+    canvas.scroll_into_view_if_needed()
+    box = canvas.bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.28, box["y"] + box["height"] * 0.22)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.72, box["y"] + box["height"] * 0.22, steps=12)
+    page.mouse.move(box["x"] + box["width"] * 0.42, box["y"] + box["height"] * 0.82, steps=18)
+    page.mouse.up()
+
+
+def no_result_of_the_old_input(page) -> None:
+    """Steps ② to ④ show nothing, the status line says so, and ③ ④ ask for this input to be encrypted."""
+    from playwright.sync_api import expect
+
+    status = page.get_by_text("✓ keys · ○ encrypted · ○ server ran · ○ decrypted")
+    expect(status).to_be_visible(timeout=30_000)
+    for result in ("#encrypt-result", "#run-result", "#decrypt-result"):
+        expect(page.locator(result)).to_have_text("", timeout=10_000)
+    assert not page.get_by_role("heading", name=re.compile(r"Prediction: \d")).is_visible()
+    assert not held(page, "server") or not any("encrypted input" in item for item in held(page, "server"))
+    refused = (("③ Run on the FHE server", "#run-result"), ("④ Decrypt the result", "#decrypt-result"))
+    for button, result in refused:
+        page.get_by_role("button", name=button).click()
+        expect(page.locator(f"{result} [data-testid='status-tracker'] .error")).to_be_visible(timeout=30_000)
+        expect(page.get_by_text("encrypt this input first").first).to_be_visible()
 
 
 def held(page, side: str) -> list[str]:
@@ -206,20 +347,66 @@ def test_a_visitor_trains_compiles_and_runs_the_four_steps(desktop, launched_app
     assert any("your input, in clear" in item for item in held(page, "client"))
     assert not any("encrypted input" in item for item in held(page, "server"))
     step(page, "③ Run on the FHE server", r"The server computed the prediction on encrypted data")
+    # While the steps scroll by, the client | server picture stays in view beside their results.
+    assert fully_in_view(page, "#holdings") and in_view(page, "#run-result")
+    assert "encrypted result → client" in page.locator("#holdings .wire").inner_text()
     expect(page.get_by_text("never sent").first).to_be_visible()
     assert any("the encrypted input" in item for item in held(page, "server"))
     assert not any("private key" in item for item in held(page, "server"))
     step(page, "④ Decrypt the result", r"Prediction: \d")
+    assert fully_in_view(page, "#holdings")
     expect(page.get_by_role("heading", name=re.compile(r"Prediction: \d"))).to_be_visible()
     expect(page.get_by_text("identical")).to_be_visible()
     all_done = "✓ model · ✓ compiled · ✓ keys · ✓ encrypted · ✓ server ran · ✓ decrypted"
     expect(page.get_by_text(all_done)).to_be_visible()
 
 
+def test_a_failed_training_is_announced_and_leaves_the_current_model_on_screen(desktop, monkeypatch,
+                                                                               tmp_path):
+    """Full MNIST on a host that is offline and has not downloaded it."""
+    import urllib.error
+
+    from playwright.sync_api import expect
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setenv("FL_DATA_DIR", str(tmp_path))  # the app runs in this process
+    monkeypatch.setattr("sklearn.datasets.fetch_openml", offline)
+    page = desktop
+    open_tab(page, TABS[0])
+    model = page.locator("#model-file a[href]").first.get_attribute("href")
+    summary = page.get_by_text(re.compile(r"Federated model: \d+\.\d%")).inner_text()
+    page.get_by_label("Dataset").click()
+    page.get_by_role("option", name="mnist", exact=True).click()
+    # Said before Start: the preview does not download, it tells.
+    download = page.get_by_text(re.compile(r"mnist is not on this host yet: Start first downloads it"))
+    expect(download).to_be_visible(timeout=30_000)
+    page.get_by_role("button", name="Start federated training").click()
+    failed = page.get_by_text(re.compile(r"✗ Training failed: Full MNIST could not be downloaded"))
+    expect(failed).to_be_visible(timeout=60_000)
+    assert in_view(page, "#train-status")
+    # No Error badge claims that the model shown failed: the reason is in the status line (and a pop-up).
+    expect(page.locator("[data-testid='status-tracker'] .error")).to_have_count(0, timeout=10_000)
+    # The tab shows the current model again: its summary, chart, round log and download; no host path.
+    expect(page.get_by_text(summary)).to_be_visible()
+    assert page.locator("#model-file a[href]").first.get_attribute("href")
+    assert page.locator("#round-log .virtual-row").count() == 3  # the digits run's rounds 0, 1, 2
+    expect(page.locator("#training-curves img")).to_be_visible()
+    text = page.locator("body").inner_text()
+    assert str(tmp_path) not in text and "/root" not in text and "scikit_learn_data" not in text
+    assert model  # the previous download is still offered
+    expect(page.get_by_text(re.compile(r"✓ model · ✓ compiled .*federated model on digits"))).to_be_visible()
+    page.get_by_label("Dataset").click()
+    page.get_by_role("option", name="digits", exact=True).click()
+    expect(page.get_by_text("3 clients hold")).to_be_visible(timeout=30_000)
+
+
 def test_wrong_keys_yield_random_numbers_and_chance_level_answers(desktop):
     from playwright.sync_api import expect
 
     page = desktop
+    open_tab(page, TABS[2])
     page.get_by_text("What does someone with the wrong key get?").click()
     page.get_by_role("button", name="Decrypt with freshly generated (wrong) keys").click()
     summary = page.get_by_text(re.compile(r"Over 20 test samples"))
@@ -266,6 +453,21 @@ def test_the_evaluation_shows_progress_and_the_running_accuracy(desktop):
     done = page.get_by_text(re.compile(r"on the first 40 of the 360 test samples"))
     expect(done).to_be_visible(timeout=120_000)
     expect(page.get_by_role("columnheader", name="measure")).to_be_visible()
+
+
+def test_every_text_is_legible_from_the_back_of_a_room(desktop):
+    """At 1366 px: no text under 14 px, every text of WCAG AA contrast, tables aligned, sliders whole."""
+    page = desktop
+    problems = {}
+    for name in TABS:
+        open_tab(page, name)
+        page.wait_for_timeout(500)
+        problems[name] = illegible(page) + misaligned_headers(page)
+    assert not any(problems.values()), problems
+    open_tab(page, TABS[0])
+    epochs = page.locator(".block", has=page.get_by_label("number input for Local epochs"))
+    assert epochs.locator(".max_value").inner_text() == "200"
+    assert epochs.evaluate("el => el.scrollWidth <= el.clientWidth && el.scrollHeight <= el.clientHeight + 1")
 
 
 def test_a_retrain_leaves_no_trace_of_the_old_model(desktop, launched_app):
@@ -326,6 +528,41 @@ def test_a_failed_upload_marks_its_own_panel_until_the_next_success(desktop, tmp
     assert error_badges(page) == 0
 
 
+def test_a_new_input_shows_no_result_of_the_old_one_and_a_cleared_canvas_draws(desktop):
+    from playwright.sync_api import expect
+
+    page = desktop
+    open_tab(page, TABS[2])
+    four_steps = [("① Generate keys", r"Keys ready in"), ("② Encrypt the input", r"Encrypted test sample #0"),
+                  ("③ Run on the FHE server", r"The server computed"),
+                  ("④ Decrypt the result", r"Prediction: \d")]
+    for button, done in four_steps:
+        step(page, button, done)
+    index = page.get_by_label("Test sample index")
+    index.fill("1")
+    index.press("Enter")
+    expect(page.get_by_text(re.compile(r"Test sample #1 of 1000"))).to_be_visible(timeout=30_000)
+    no_result_of_the_old_input(page)
+    for button, done in four_steps[1:]:  # the new input goes through
+        step(page, button, done.replace("#0", "#1"))
+
+    page.get_by_text("drawing", exact=True).click()  # switching to a drawing forgets sample #1's results
+    no_result_of_the_old_input(page)
+    draw_stroke(page, "#sketch")
+    expect(page.get_by_text("Your drawing as the model sees it")).to_be_visible(timeout=30_000)
+    step(page, "② Encrypt the input", r"Encrypted your drawing")
+    page.locator("#sketch button[aria-label='Clear canvas']").click()  # clearing it forgets the drawing's
+    no_result_of_the_old_input(page)
+    # The brush is still selected after "Clear canvas": a mouse stroke draws, and is encrypted.
+    expect(page.locator("#sketch button[aria-label='Brush']")).to_have_class(re.compile(r"\bhighlight\b"),
+                                                                             timeout=10_000)
+    draw_stroke(page, "#sketch")
+    expect(page.get_by_text("Your drawing as the model sees it")).to_be_visible(timeout=30_000)
+    for button, done in [("② Encrypt the input", r"Encrypted your drawing"), *four_steps[2:]]:
+        step(page, button, done)
+    page.get_by_text("test sample", exact=True).click()
+
+
 def test_a_reload_resumes_the_model_and_deployment_with_a_new_private_key(desktop, launched_app):
     from playwright.sync_api import expect
 
@@ -340,6 +577,17 @@ def test_a_reload_resumes_the_model_and_deployment_with_a_new_private_key(deskto
     expect(resumed).to_be_visible(timeout=60_000)
     status = re.compile(r"✓ model · ✓ compiled · ✓ keys · ○ encrypted .*mnist-5k")
     expect(page.get_by_text(status)).to_be_visible()
+    # Tab 1 shows the resumed model whole: its chart, round log, summary and download, and its settings.
+    open_tab(page, TABS[0])
+    expect(page.get_by_text(re.compile(r"Your model from before the page reload: 2 rounds with 3 clients"))
+           ).to_be_visible(timeout=30_000)
+    expect(page.get_by_text(re.compile(r"Federated model: \d+\.\d%"))).to_be_visible()
+    assert page.locator("#round-log .virtual-row").count() == 3
+    expect(page.locator("#model-file a[href]").first).to_be_attached()
+    assert page.get_by_label("number input for Clients").input_value() == "3"  # the form's default is 5
+    assert page.get_by_label("number input for Rounds").input_value() == "2"
+    assert "mnist-5k" in page.get_by_label("Dataset").input_value()
+    expect(page.locator("#training-curves img")).to_be_visible()
     open_tab(page, TABS[1])
     expect(page.get_by_text("Your compiled model from before the page reload")).to_be_visible(timeout=30_000)
     open_tab(page, TABS[2])
@@ -355,6 +603,12 @@ def test_a_reload_resumes_the_model_and_deployment_with_a_new_private_key(deskto
     step(page, "② Encrypt the input", r"Encrypted test sample")
     step(page, "③ Run on the FHE server", r"The server computed")
     step(page, "④ Decrypt the result", r"Prediction: \d")
+    # The banner describes the resumed model: a retrain replaces that model, and the banner goes.
+    train(page, "mnist-5k", rounds=3)
+    expect(resumed).to_be_hidden(timeout=30_000)
+    compile_model(page)
+    open_tab(page, TABS[2])
+    step(page, "① Generate keys", r"Keys ready in")
 
 
 def test_closing_the_tab_deletes_the_private_key_at_once(desktop, launched_app):
@@ -388,6 +642,11 @@ def test_on_a_phone_every_tab_is_one_tap_away_and_nothing_scrolls_sideways(brows
         train(page, "digits")  # shared with the run above: reused at once
         compile_model(page)
         open_tab(page, TABS[2])
+        # Step ① comes right after the input, within a scroll of the tab's top (the picture comes after).
+        first = page.get_by_role("button", name="① Generate keys").evaluate(
+            "b => b.getBoundingClientRect().top + window.scrollY")
+        print(f"step ① at {first:.0f} px on a {PHONE['height']} px phone")
+        assert first < 1.75 * PHONE["height"], first
         steps = [("① Generate keys", r"Keys ready in"), ("② Encrypt the input", r"Encrypted test"),
                  ("③ Run on the FHE server", r"The server computed"),
                  ("④ Decrypt the result", r"Prediction: \d")]

@@ -44,3 +44,31 @@ def test_the_shipped_dp_trade_off_covers_the_default_noise():
     assert all(p["clipping_norm"] == TrainingConfig().clipping_norm for p in data["points"])
     epsilons = [p["epsilon"] for p in sorted(data["points"], key=lambda p: p["noise_multiplier"])]
     assert epsilons == sorted(epsilons, reverse=True)  # more noise, smaller ε
+
+
+def test_the_dp_charts_labels_cover_no_line_error_bar_or_other_label():
+    """On a projector "σ=1.5" once sat on the no-DP line and "σ=5" on an error bar."""
+    data = tradeoff()
+    fig = figures.dp_tradeoff_figure(data["points"], data["no_dp_accuracy"], 1.5)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    ax = fig.axes[0]
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    labels = [t for t in ax.texts if t.get_text().startswith("σ=")]
+    assert len(labels) == len(data["points"])
+    boxes = [t.get_window_extent(renderer) for t in labels]
+    # Every line (the curve, the no-DP line) and error bar, sampled every pixel on screen.
+    paths = [line.get_transform().transform(line.get_xydata()) for line in ax.get_lines()]
+    paths += [ax.transData.transform(s) for c in ax.collections for s in c.get_segments()]
+    samples = np.vstack([a + t * (b - a) for path in paths for a, b in zip(path[:-1], path[1:], strict=False)
+                         for t in np.linspace(0, 1, max(2, int(np.hypot(*(b - a)))))[:, None]])
+    for label, box in zip(labels, boxes, strict=True):
+        covered = samples[(samples[:, 0] >= box.x0) & (samples[:, 0] <= box.x1)
+                          & (samples[:, 1] >= box.y0) & (samples[:, 1] <= box.y1)]
+        assert not len(covered), f"{label.get_text()} covers a line or an error bar"
+        assert ax.get_window_extent(renderer).contains(box.x0, box.y0), label.get_text()
+        assert ax.get_window_extent(renderer).contains(box.x1, box.y1), label.get_text()
+    for i, box in enumerate(boxes):
+        assert not any(box.overlaps(other) for other in boxes[i + 1:]), labels[i].get_text()

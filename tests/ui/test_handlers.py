@@ -80,7 +80,8 @@ def test_bad_training_settings_are_refused_before_flower_starts(app, settings, m
 
 def test_training_streams_every_round_then_a_summary(trained):
     session, items, last = trained
-    summary_json, status, _plot, log, summary_md, model_file, state, _pipeline = last
+    summary_json, status, _plot, log, summary_md, model_file, state, _pipeline, shown = last
+    assert shown["model"] == session.versions()["model"]  # tab 1 knows it drew this model
     # Round 0 (the initial model) and each round are yielded while Flower runs.
     rounds = items[2:-1]  # after "baseline…" and "starting Flower…", before the summary
     assert len(rounds) == SMALL_TRAINING["num_rounds"] + 1
@@ -101,6 +102,42 @@ def test_label_distribution_preview_follows_the_settings(app):
     assert figure is not None and "4 clients" in note and "2.0 of 10 labels" in note
     figure, note = preview("digits", 1000, 2, "iid", 0.5, 2, "fedavg", 10, 0, False, 0.5, 5.0)
     assert figure is None and note.startswith("⚠") and "num_clients" in note
+
+
+def offline_mnist(monkeypatch, data_dir: Path) -> None:
+    """Full MNIST not cached in ``data_dir``, and openml.org out of reach (as on an offline host)."""
+    import urllib.error
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setenv("FL_DATA_DIR", str(data_dir))
+    monkeypatch.setattr("sklearn.datasets.fetch_openml", offline)
+
+
+def test_the_label_preview_says_before_start_that_mnist_needs_a_download(app, monkeypatch, tmp_path):
+    demo, _ = app
+    offline_mnist(monkeypatch, tmp_path)
+    figure, note = handler_named(demo, "preview_distribution")(
+        "mnist", 4, 2, "iid", 0.5, 2, "fedavg", 10, 0, False, 0.5, 5.0)
+    assert figure is None and "not on this host yet" in note and "mnist-5k" in note
+    assert str(tmp_path) not in note
+
+
+def test_a_failed_training_shows_the_current_model_again(trained, app, monkeypatch, tmp_path):
+    demo, _ = app
+    session, _, (summary, *_) = trained
+    offline_mnist(monkeypatch, tmp_path)
+    updates = []
+    with pytest.raises(gr.Error, match="mnist-5k") as failed:
+        for update in handler(demo, "train")(dataset="mnist", num_clients=3, num_rounds=2, state=session):
+            updates.append(update)
+    assert str(tmp_path) not in str(failed.value)
+    shown, status, chart, log, summary_md, model_file, *_ = updates[-1]
+    assert status.startswith("✗ Training failed: Full MNIST could not be downloaded")
+    assert str(tmp_path) not in status
+    assert shown["accuracy"] == summary["accuracy"] == session.model.summary["accuracy"]  # the digits model
+    assert chart is not None and len(log) == 3 and "Federated model" in summary_md and model_file
 
 
 def test_the_label_preview_says_n_samples_each_when_all_clients_hold_as_many(app):
@@ -149,9 +186,9 @@ def test_steps_after_compile_refuse_to_run_out_of_order(trained, app):
     with pytest.raises(gr.Error, match="No keys yet"):
         call(demo, "evaluate_encrypted", 5, session)
     call(demo, "keygen", session)
-    with pytest.raises(gr.Error, match="Nothing is encrypted yet: run step ② Encryption"):
+    with pytest.raises(gr.Error, match="Nothing is encrypted for this input yet: encrypt this input first"):
         call(demo, "run_fhe", session)
-    with pytest.raises(gr.Error, match="Nothing is encrypted yet"):
+    with pytest.raises(gr.Error, match="encrypt this input first"):
         call(demo, "decrypt", session)
 
 
@@ -212,6 +249,36 @@ def test_bad_sample_index_keeps_the_previous_ciphertext(trained, app):
     with pytest.raises(gr.Error, match="drawing is blank"):
         call(demo, "encrypt", 0, "drawing", {"composite": np.zeros((50, 50, 4), np.uint8)}, session)
     assert session.encrypted is before
+
+
+def test_a_new_input_forgets_the_old_ones_ciphertext_and_results(trained, app):
+    demo, _ = app
+    session = trained[0]
+    preview = handler_named(demo, "preview")
+    if session.keys is None:
+        call(demo, "keygen", session)
+    call(demo, "encrypt", 3, "test sample", None, session)
+    call(demo, "run_fhe", session)
+    call(demo, "decrypt", session)
+    *_, status = preview("test sample", 3, None, session)  # the input shown is the one encrypted: kept
+    assert session.decrypted is not None and status == gr.skip()
+    for source, index, drawing in (("test sample", 4, None), ("drawing", 3, None),
+                                   ("drawing", 3, {"composite": digit_drawing()})):
+        if session.encrypted is None:
+            call(demo, "encrypt", 3, "test sample", None, session)
+            call(demo, "run_fhe", session)
+        *_, status = preview(source, index, drawing, session)
+        assert session.encrypted is session.server_output is session.decrypted is None, source
+        assert "○ encrypted · ○ server ran · ○ decrypted" in status
+        for step in ("run_fhe", "decrypt"):
+            with pytest.raises(gr.Error, match="encrypt this input first"):
+                call(demo, step, session)
+    # A drawing encrypted, then the same drawing shown again (a tab switch): kept; cleared canvas: forgotten.
+    call(demo, "encrypt", 0, "drawing", {"composite": digit_drawing()}, session)
+    preview("drawing", 0, {"composite": digit_drawing()}, session)
+    assert session.encrypted is not None
+    preview("drawing", 0, None, session)
+    assert session.encrypted is None
 
 
 def test_a_drawing_goes_through_the_encrypted_path(trained, app):
@@ -306,3 +373,11 @@ def test_compile_works_from_any_thread_without_a_ui_workaround(trained, app):
         thread.start()
         thread.join(120)
     assert [summary["n_bits"] for summary, *_ in outcomes] == [4, 5]
+
+
+def test_a_queued_training_says_how_long_it_waited_and_how_long_it_ran():
+    from ui.training_tab import done_text
+
+    assert done_text(3, 5, 1.6, waited=22.4) == (
+        "✓ Done: 3 rounds with 5 clients. Waited 22.4 s for the training runtime, then ran in 1.6 s.")
+    assert done_text(3, 5, 1.6) == "✓ Done: 3 rounds with 5 clients in 1.6 s."
