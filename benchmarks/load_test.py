@@ -150,6 +150,10 @@ def classify_mismatches(results: list[SessionResult]) -> tuple[list[SessionResul
     return foreign, near_ties
 
 
+#: How long the sessions wait for each other to connect before they start together.
+CONNECT_TIMEOUT_SECONDS = 300
+
+
 def run_session(args: argparse.Namespace, k: int, index: int, model_file: Path | None, dataset,
                 start: threading.Barrier, download_dir: Path) -> SessionResult:
     """Take one new session through the whole flow; never raises.
@@ -179,8 +183,10 @@ def run_session(args: argparse.Namespace, k: int, index: int, model_file: Path |
     result = SessionResult(session=k, sample_index=index, label=int(dataset.y_test[index]))
     step = "connect"
     try:
-        client = Client(args.url, verbose=False, download_files=str(download_dir / str(k)))
-        start.wait()
+        try:
+            client = Client(args.url, verbose=False, download_files=str(download_dir / str(k)))
+        finally:
+            start.wait(timeout=CONNECT_TIMEOUT_SECONDS)  # a session that could not connect still arrives
         began = time.perf_counter()
 
         def timed(name: str, **kwargs):
