@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import pickle
 import socket
 import time
@@ -21,6 +22,13 @@ from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
+
+#: Debian's Chromium for the browser tests (``$CHROMIUM_PATH`` overrides it), and how it is started.
+CHROMIUM = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--no-first-run", "--disable-sync",
+]
 
 if TYPE_CHECKING:
     import gradio as gr

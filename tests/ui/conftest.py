@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import fit_logistic
+from tests.helpers import CHROMIUM, CHROMIUM_ARGS, fit_logistic
 
 
 @pytest.fixture(scope="module")
@@ -42,3 +42,14 @@ def model_files(tmp_path_factory) -> dict[str, Path]:
             "digits-0-4": save_model(fit_logistic("digits", classes=5), folder / "digits04.skops"),
             "5-features": save_model(fit_logistic("digits", features=5), folder / "five.skops"),
         }
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium driven by Playwright, one per browser-test module."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()

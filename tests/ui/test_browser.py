@@ -17,19 +17,13 @@ from __future__ import annotations
 import os
 import re
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.helpers import CHROMIUM, CHROMIUM_ARGS  # noqa: F401 - CHROMIUM_ARGS for the screenshot walk
 from ui.figures import DPI, MIN_FONT_PT
 
-#: Debian's Chromium (``$CHROMIUM_PATH`` overrides it).
-CHROMIUM = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--no-first-run", "--disable-sync",
-]
 #: In CI (``.ci/run`` sets ``CI``) this test is required: without Chromium it fails, never skips.
 REQUIRED = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
@@ -52,16 +46,6 @@ PROJECTOR_MIN_FONT_PX = 14
 PHONE_MIN_FONT_PX = 9.5
 TABS = ["1 · Federated training", "2 · Convert & compile", "3 · Encrypted inference",
         "4 · Encrypted evaluation", "5 · Classroom", "6 · About"]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture(scope="module")

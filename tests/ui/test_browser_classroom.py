@@ -9,34 +9,14 @@ from __future__ import annotations
 
 import pytest
 
-from tests.ui.test_browser import CHROMIUM, CHROMIUM_ARGS, PHONE, PROJECTOR, TABS, open_tab
+from tests.helpers import CHROMIUM
+from tests.ui.test_browser import PHONE, PROJECTOR, TABS, draw_stroke, open_tab
 
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.slow,
     pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium: apt-get install -y chromium"),
 ]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
-
-def draw_stroke(page, canvas_selector: str) -> None:
-    """A "1": one vertical mouse stroke down the middle of the sketchpad."""
-    canvas = page.locator(f"{canvas_selector} canvas").first
-    canvas.scroll_into_view_if_needed()
-    box = canvas.bounding_box()
-    page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.2)
-    page.mouse.down()
-    page.mouse.move(box["x"] + box["width"] * 0.52, box["y"] + box["height"] * 0.8, steps=16)
-    page.mouse.up()
 
 
 def test_a_reload_brings_the_teacher_back_to_the_console_and_the_participant_to_their_seat(
