@@ -25,14 +25,12 @@ logger = logging.getLogger(__name__)
 
 #: What the roles use, in the order they are imported.
 CONCRETE_MODULES = ("concrete.fhe", "concrete.ml.sklearn", "concrete.ml.deployment")
-#: Signals whose handling Concrete's dataflow runtime (HPX) takes over when it starts, measured by
-#: reading them with ``sigaction`` before and after ``concrete.compiler.init_dfr()``. Left to it, a
-#: browser that disconnects while the app writes to it (SIGPIPE) aborts the whole app, and Ctrl-C
-#: or a Space's SIGTERM no longer reach the app's own shutdown (which wipes every private key).
-RUNTIME_SIGNALS = tuple(
-    getattr(signal, name) for name in ("SIGPIPE", "SIGINT", "SIGTERM", "SIGHUP", "SIGSEGV", "SIGBUS",
-                                       "SIGFPE", "SIGILL", "SIGABRT", "SIGUSR1") if hasattr(signal, name)
-)
+#: Signals given back their previous handling once Concrete's dataflow runtime (HPX) has started.
+#: Read with ``sigaction`` before and after ``concrete.compiler.init_dfr()``, HPX takes SIGPIPE,
+#: SIGINT, SIGTERM, SIGHUP, SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT and SIGUSR1. Left to it, a
+#: browser that disconnects while the app writes to it (SIGPIPE) aborts the whole app: that one is
+#: given back (ignored, as Python has it). The others are left to HPX as they always were here.
+RUNTIME_SIGNALS = (signal.SIGPIPE,) if hasattr(signal, "SIGPIPE") else ()
 
 _runtime_lock = threading.Lock()
 _runtime_started = False
