@@ -11,12 +11,20 @@ checks every value against :data:`TRAINING_CONSTRAINTS`; everything inside trust
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from fl_training.datasets import DATASET_CHOICE, DEFAULT_DATASET, Dataset
-from fl_training.validation import Flag, OneOf, Real, SettingError, Text, Whole, check_settings
+from fl_training.validation import (
+    Flag,
+    OneOf,
+    Real,
+    SettingError,
+    Text,
+    Whole,
+    bound_from_env,
+    check_settings,
+)
 
 PARTITIONINGS = ("iid", "dirichlet", "pathological")
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedmedian")
@@ -292,15 +300,7 @@ def max_training_work() -> int:
     ValueError
         If the variable is set but is not a positive whole number.
     """
-    raw = os.environ.get(MAX_TRAINING_WORK_ENV, "").strip()
-    if not raw:
-        return MAX_TRAINING_WORK
-    if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:
-        raise ValueError(
-            f"{MAX_TRAINING_WORK_ENV} must be a positive whole number of sample-epochs (the default is "
-            f"{MAX_TRAINING_WORK}), got {raw[:40]!r}."
-        )
-    return int(raw)
+    return bound_from_env(MAX_TRAINING_WORK_ENV, MAX_TRAINING_WORK, unit="sample-epochs")
 
 
 def _duration(seconds: float) -> str:

@@ -104,8 +104,10 @@ class Flag:
         return bool(value)
 
 
-def bound_from_env(variable: str, default: int) -> int:
+def bound_from_env(variable: str, default: int, unit: str = "") -> int:
     """A work bound a run on one's own machine may raise: ``$variable`` if set, else ``default``.
+
+    ``unit`` (e.g. ``"sample-epochs"``) names what the bound counts, in the error message.
 
     Raises
     ------
@@ -117,7 +119,8 @@ def bound_from_env(variable: str, default: int) -> int:
         return default
     if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:
         raise ValueError(
-            f"{variable} must be a positive whole number (the default is {default}), got {raw[:40]!r}."
+            f"{variable} must be a positive whole number{' of ' + unit if unit else ''} (the default is "
+            f"{default}), got {raw[:40]!r}."
         )
     return int(raw)
 
