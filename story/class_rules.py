@@ -52,7 +52,12 @@ class OpenedClass:
     @property
     def join_path(self) -> str:
         """The query string of the join link, e.g. ``?class=K7QX2M`` (the UI adds the page's URL)."""
-        return f"?{JOIN_QUERY_PARAMETER}={self.class_code}"
+        return join_path(self.class_code)
+
+
+def join_path(class_code: str) -> str:
+    """The query string of a class's join link, e.g. ``?class=K7QX2M`` (the UI adds the page's URL)."""
+    return f"?{JOIN_QUERY_PARAMETER}={class_code}"
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from story.base import SessionCore
-from story.class_rules import JOIN_QUERY_PARAMETER, ClassroomError
+from story.class_rules import ClassroomError, join_path
 from story.classes import Classes
 
 NOT_JOINED = "Join a class first: type the code on the projector and a nickname, then press Join."
@@ -73,7 +73,7 @@ class ClassSteps(SessionCore):
             try:
                 self.classes.rooms.class_of_teacher(key)
                 place["teaching"] = {"class_code": code, "teacher_key": key,
-                                     "join_path": f"?{JOIN_QUERY_PARAMETER}={code}"}
+                                     "join_path": join_path(code)}
             except ClassroomError:
                 self.teaching = None
         if self.seat is not None:
