@@ -28,6 +28,7 @@ import numpy as np
 from class_drawings import drawings, writers
 from gradio_client import Client, handle_file
 from PIL import Image
+from visitors import visitor
 
 
 @dataclass
@@ -56,7 +57,7 @@ def run(url: str, participants: int, per_participant: int, rounds: int, verbose:
     folder = Path(tempfile.mkdtemp(prefix="classroom-load-"))
     hands = writers(participants, seed=7)
     people = [Participant(k) for k in range(participants)]
-    teacher = Client(url, verbose=False)
+    teacher = visitor(url)
     opened = teacher.predict(title="Load test", api_name="/class_open")[0]
     code = opened["class_code"]
     start = threading.Barrier(participants)
@@ -67,7 +68,7 @@ def run(url: str, participants: int, per_participant: int, rounds: int, verbose:
         images = drawings(hands[p.index], labels + [labels[0]], seed=1000 + p.index)
         for i, image in enumerate(images):
             Image.fromarray(image).save(folder / f"{p.index}-{i}.png")
-        p.client = Client(url, verbose=False)
+        p.client = visitor(url)
         start.wait()
         try:
             p.step = "join"

@@ -78,7 +78,7 @@ def main() -> int:
     parser.add_argument("--app-log", help="write the app's output to this file")
     args = parser.parse_args()
 
-    from gradio_client import Client
+    from visitors import visitor
 
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
@@ -96,7 +96,7 @@ def main() -> int:
         process = psutil.Process(app.pid)
         idle_rss_start = settle_rss(process, 1.0)
 
-        client = Client(url, verbose=False)
+        client = visitor(url)
         t = time.perf_counter()
         trained = client.predict(
             dataset=args.dataset, num_clients=args.clients, num_rounds=args.rounds, api_name="/train"

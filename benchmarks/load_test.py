@@ -47,7 +47,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client import handle_file  # noqa: E402
+from visitors import visitor  # noqa: E402
 
 from fl_training.datasets import load_dataset  # noqa: E402
 from fl_training.model_io import load_model, save_model  # noqa: E402
@@ -184,7 +185,7 @@ def run_session(args: argparse.Namespace, k: int, index: int, model_file: Path |
     step = "connect"
     try:
         try:
-            client = Client(args.url, verbose=False, download_files=str(download_dir / str(k)))
+            client = visitor(args.url, download_files=str(download_dir / str(k)))
         finally:
             start.wait(timeout=CONNECT_TIMEOUT_SECONDS)  # a session that could not connect still arrives
         began = time.perf_counter()
