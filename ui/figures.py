@@ -161,52 +161,6 @@ def training_figure(
     return fig
 
 
-def probabilities_figure(
-    probabilities: Sequence[float],
-    class_names: Sequence[str],
-    clear_probabilities: Sequence[float] | None = None,
-    title: str | None = None,
-) -> Figure:
-    """Bars of the decrypted probabilities, beside the clear model's.
-
-    Parameters
-    ----------
-    probabilities : sequence of float
-        Decrypted (FHE) probabilities.
-    class_names : sequence of str
-        One per class.
-    clear_probabilities : sequence of float, optional
-        The clear scikit-learn model's probabilities.
-    title : str, optional
-        Chart title (the UI's heading usually says it already).
-
-    Returns
-    -------
-    Figure
-        The chart.
-    """
-    probabilities = np.asarray(probabilities, dtype=float)
-    x = np.arange(len(probabilities))
-    width = 0.4 if clear_probabilities is not None else 0.7
-    fig = _figure(3.0)
-    ax = fig.add_subplot()
-    offset = -width / 2 if clear_probabilities is not None else 0
-    colors = [ACCENT if i == int(np.argmax(probabilities)) else ACCENT_LIGHT for i in x]
-    ax.bar(x + offset, probabilities, width, color=colors, label="decrypted (FHE)")
-    if clear_probabilities is not None:
-        ax.bar(x + width / 2, np.asarray(clear_probabilities, dtype=float), width, color=CLEAR,
-               alpha=0.6, label="clear model")
-        _legend(ax, loc="lower left", bbox_to_anchor=(0, 1.0), ncols=2)
-    ax.set_xticks(x, [str(c) for c in class_names], rotation=0 if len(x) <= 10 else 45)
-    ax.set_ylim(0, 1.1)
-    ax.set_ylabel("probability")
-    ax.set_xlabel("class")
-    if title:
-        ax.set_title(title)
-    _style(ax, grid=False)
-    return fig
-
-
 def wrong_key_figure(result: dict[str, Any], class_names: Sequence[str]) -> Figure:
     """What wrong keys make of encrypted results, beside what the private key makes of them.
 

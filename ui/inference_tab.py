@@ -13,6 +13,7 @@ from story import DemoSession
 from story.holdings import holdings
 from story.inference import INPUT_SOURCES
 from ui import figures
+from ui.bars_view import probabilities_html
 from ui.common import (
     FHE_SERVER,
     LIGHT,
@@ -167,7 +168,7 @@ class StepsPanel:
     run_md: gr.Markdown
     decrypt: gr.Button
     decrypt_md: gr.Markdown
-    probabilities_plot: gr.Plot
+    probabilities: gr.HTML
     wrong_key: gr.Button
     wrong_key_md: gr.Markdown
     wrong_key_plot: gr.Plot
@@ -224,14 +225,14 @@ def _steps_panel() -> StepsPanel:
     with gr.Group():
         decrypt = gr.Button("④ Decrypt the result", variant="primary")
         decrypt_md = gr.Markdown(elem_classes=["step-result"], elem_id="decrypt-result")
-        probabilities_plot = gr.Plot(label="Class probabilities", format="png", show_label=False)
+        probabilities = gr.HTML(elem_id="probabilities")
     with gr.Accordion("What does someone with the wrong key get?", open=False):
         wrong_key = gr.Button("Decrypt with freshly generated (wrong) keys")
         wrong_key_md = gr.Markdown(elem_classes=["step-result"], elem_id="wrong-key-result")
         wrong_key_plot = gr.Plot(label="Wrong keys", format="png", show_label=False)
         wrong_key_json = gr.JSON(visible=False)
     return StepsPanel(keygen, keygen_md, encrypt, quantized_picture, encrypt_md, run, run_md, decrypt,
-                      decrypt_md, probabilities_plot, wrong_key, wrong_key_md, wrong_key_plot, wrong_key_json)
+                      decrypt_md, probabilities, wrong_key, wrong_key_md, wrong_key_plot, wrong_key_json)
 
 
 def _step_results() -> StepResults:
@@ -330,7 +331,7 @@ def _panel_outputs(steps: StepsPanel, results: StepResults) -> dict[str, list[gr
         "keys": [results.keygen, steps.keygen_md],
         "encrypted": [results.encrypt, steps.encrypt_md, steps.quantized_picture],
         "server_output": [results.run, steps.run_md],
-        "decrypted": [results.decrypt, steps.decrypt_md, steps.probabilities_plot],
+        "decrypted": [results.decrypt, steps.decrypt_md, steps.probabilities],
         "intruder": [steps.wrong_key_json, steps.wrong_key_md, steps.wrong_key_plot],
     }
 
@@ -409,9 +410,9 @@ def _quantized_picture(session: DemoSession) -> np.ndarray | None:
     return figures.quantized_image(session.quantized_input, dataset.image_shape)
 
 
-def _probabilities_plot(session: DemoSession, result: dict[str, Any]) -> Any:
-    return figures.probabilities_figure(result["probabilities"], session.class_names,
-                                        result["clear_probabilities"])
+def _probabilities(session: DemoSession, result: dict[str, Any]) -> str:
+    names = session.class_names or [str(i) for i in range(len(result["probabilities"]))]
+    return probabilities_html(result["probabilities"], names, result["clear_probabilities"])
 
 
 def _wire_wrong_key(ctx: DemoContext, steps: StepsPanel) -> None:
@@ -461,9 +462,9 @@ def _server_view(session: DemoSession | None) -> tuple:
 
 def _decrypted_view(session: DemoSession | None) -> tuple:
     if session is None or session.decrypted is None:
-        return None, "", None
+        return None, "", ""
     result = session.decryption_summary()
-    return result, decrypt_markdown(result), _probabilities_plot(session, result)
+    return result, decrypt_markdown(result), _probabilities(session, result)
 
 
 def _intruder_view(session: DemoSession | None) -> tuple:

@@ -145,7 +145,8 @@ def overflowing(page) -> list[str]:
         document.querySelectorAll('.virtual-table-viewport, .table-wrap')
             .forEach(el => check(el, 'data table'));
         document.querySelectorAll('.prose').forEach(el => check(el, 'text ' + el.innerText.slice(0, 30)));
-        document.querySelectorAll('#holdings, .pipeline-diagram').forEach(el => check(el, 'diagram'));
+        document.querySelectorAll('#holdings, .pipeline-diagram, .probabilities')
+            .forEach(el => check(el, 'diagram'));
         const doc = document.documentElement;
         if (doc.scrollWidth > window.innerWidth) out.push(`page: ${doc.scrollWidth} > ${window.innerWidth}`);
         return out;
@@ -408,7 +409,7 @@ def test_charts_read_from_the_back_of_a_room(desktop):
     from playwright.sync_api import expect
 
     page = desktop
-    sizes = chart_fonts_px(page)  # tab 3: the probabilities and the wrong keys
+    sizes = chart_fonts_px(page)  # tab 3: the wrong keys (the probabilities are text, scanned with all text)
     open_tab(page, TABS[1])
     page.get_by_role("button", name="Run the n_bits sweep").click()
     expect(page.locator("[data-testid='matplotlib'] img:visible").first).to_be_visible(timeout=180_000)
@@ -418,7 +419,7 @@ def test_charts_read_from_the_back_of_a_room(desktop):
     page.wait_for_timeout(500)
     sizes += chart_fonts_px(page)  # label distribution, rounds, DP trade-off
     print(f"smallest chart text at 1366 px: {min(sizes):.1f} px over {len(sizes)} charts")
-    assert len(sizes) >= 6 and min(sizes) >= PROJECTOR_MIN_FONT_PX, sizes
+    assert len(sizes) >= 4 and min(sizes) >= PROJECTOR_MIN_FONT_PX, sizes
 
 
 def test_the_evaluation_shows_progress_and_the_running_accuracy(desktop):

@@ -18,7 +18,6 @@ SWEEP = [{"n_bits": b, "accuracy_clear": 0.9, "accuracy_fhe_simulated": 0.85, "m
 CHARTS = {
     "labels": lambda: figures.label_distribution_figure(np.full((5, 10), 80), NAMES),
     "rounds": lambda: figures.training_figure(ROUNDS, 3, 0.91),
-    "probabilities": lambda: figures.probabilities_figure([0.1] * 10, NAMES, [0.1] * 10),
     "wrong keys": lambda: figures.wrong_key_figure(WRONG_KEYS, NAMES),
     "n_bits": lambda: figures.n_bits_figure(SWEEP),
     "DP": lambda: figures.dp_tradeoff_figure(tradeoff()["points"], tradeoff()["no_dp_accuracy"], 1.5),
