@@ -4,7 +4,7 @@ Trainings run one at a time. If a client process dies or never answers, the
 run must end (with an error, or without that client) within a bounded time,
 and a training waiting behind it must then run, not wait for minutes.
 Tested through :func:`fl_training.simulation.stream_training` only, on a
-runtime of the test's own, with a fault injected into exactly one client's
+runtime of this module's own, with a fault injected into exactly one client's
 ``fit_local`` (``tests/fl_training/fault_injection/sitecustomize.py``).
 """
 
@@ -25,7 +25,10 @@ from tests.helpers import ROOT
 
 FAULT_INJECTION = Path(__file__).resolve().parent / "fault_injection"
 SMALL = TrainingConfig(dataset="digits", num_clients=2, num_rounds=2, local_epochs=1)
-#: How long a failed run may keep the turn: the runtime's stall limit (~30 s) plus margin on a busy machine.
+#: The runtime's stall limit here (its ``stall_seconds``): a round of SMALL takes well under a second on a
+#: warm worker, so a third of the default limit still leaves a wide margin, and the fault shows sooner.
+STALL_SECONDS = 10.0
+#: How long a failed run may keep the turn: the runtime's stall limit plus margin on a busy machine.
 MAX_FAULT_SECONDS = 120
 #: How long the next run may then take: a fresh worker's start plus the run.
 MAX_NEXT_RUN_SECONDS = 240
@@ -33,15 +36,20 @@ MAX_NEXT_RUN_SECONDS = 240
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture()
-def runtime_with_faults(tmp_path, monkeypatch):
-    fault_file = tmp_path / "fault"
-    monkeypatch.setenv("FL_TEST_FAULT_FILE", str(fault_file))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [
-        str(FAULT_INJECTION), str(ROOT), os.environ.get("PYTHONPATH")])))
-    runtime = TrainingRuntime()  # its processes inherit the environment above
-    yield runtime, fault_file
-    runtime.close()
+@pytest.fixture(scope="module")
+def runtime_with_faults(tmp_path_factory):
+    """One runtime for both faults: each test starts with a healthy run on it, and every fault ends its
+    worker, so each test's fault meets a fresh worker (started with the environment below) all the same."""
+    fault_file = tmp_path_factory.mktemp("faults") / "fault"
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv("FL_TEST_FAULT_FILE", str(fault_file))
+        monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [
+            str(FAULT_INJECTION), str(ROOT), os.environ.get("PYTHONPATH")])))
+        # Its processes, and the fresh ones that replace them, inherit the environment above.
+        runtime = TrainingRuntime(stall_seconds=STALL_SECONDS)
+        runtime.start()
+        yield runtime, fault_file
+        runtime.close()
 
 
 def _drain(stream) -> TrainingResult | BaseException:
