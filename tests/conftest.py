@@ -12,8 +12,11 @@ plain helpers in ``tests/helpers.py``.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import struct
+import tempfile
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,6 +40,10 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+# Gradio's folder (uploads, served files) of this test process and the apps it starts: the two workers
+# of README's test command each launch apps, and one app's upload-space cleanup must not see the other's.
+os.environ.setdefault("GRADIO_TEMP_DIR", tempfile.mkdtemp(prefix="gradio-tests-"))
+atexit.register(shutil.rmtree, os.environ["GRADIO_TEMP_DIR"], ignore_errors=True)
 
 #: The longest test files (a full run's durations on 2 cores: 1-6 minutes each), started first. README's
 #: test command runs the files on two workers, one file at a time each: a long file started last would

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
+import stat
 import threading
 import time
 from collections.abc import Collection
@@ -152,12 +154,7 @@ def make_room(incoming: int, limit: int | None = None) -> bool:
     folder = _gradio_folder()
     if not folder.is_dir():
         return incoming <= limit
-    found = []
-    for path in folder.rglob("*"):
-        with contextlib.suppress(OSError):
-            if path.is_file() and not path.is_symlink():
-                info = path.stat()
-                found.append((info.st_mtime, path, info.st_size))
+    found = _files_in(folder)
     total = sum(size for _mtime, _path, size in found)
     young = time.time() - UPLOAD_GRACE_SECONDS
     with _held_lock:
@@ -174,6 +171,24 @@ def make_room(incoming: int, limit: int | None = None) -> bool:
     with _measured_lock:
         _measured.update(at=time.monotonic(), total=total + (incoming if fits else 0))
     return fits
+
+
+def _files_in(folder: Path) -> list[tuple[float, Path, int]]:
+    """``(mtime, path, size)`` of every regular file under ``folder`` (symbolic links left out).
+
+    Other threads delete files and their folders meanwhile (a session's cleanup, another
+    upload's :func:`make_room`): what vanishes during the walk is skipped, never an error
+    that would refuse the upload (``os.walk`` ignores a folder it can no longer list).
+    """
+    found = []
+    for parent, _folders, names in os.walk(folder):
+        for name in names:
+            path = Path(parent, name)
+            with contextlib.suppress(OSError):
+                info = path.lstat()
+                if stat.S_ISREG(info.st_mode):
+                    found.append((info.st_mtime, path, info.st_size))
+    return found
 
 
 def held_bytes() -> int:
