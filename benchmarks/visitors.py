@@ -2,8 +2,9 @@
 
 ``gradio_client`` makes a fresh TLS context for every request it sends (reading the CA bundle:
 ~40 ms of CPU, even for ``http://``). The benchmarks run every simulated visitor on the app's
-own two cores, so that cost was charged to the app: with 20 visitors it was 19 of the load
-generator's 28 CPU-seconds, more than the app used. Every visitor here shares one context.
+own two cores, so that cost was charged to the app: with 20 visitors it was 19 of the 28
+CPU-seconds sampled in the load generator's threads, as much as the app used. Every visitor
+here shares one context.
 
 A browser waits for the app's answer to a click for as long as it takes; ``gradio_client``
 gives up after httpx's 5 s on joining the queue or uploading a file. A visitor here waits

@@ -46,6 +46,9 @@ def probabilities_html(
     """
     if len(class_names) != len(probabilities):
         raise ValueError(f"{len(probabilities)} probabilities for {len(class_names)} class names")
+    if clear_probabilities is not None and len(clear_probabilities) != len(probabilities):
+        raise ValueError(
+            f"{len(clear_probabilities)} clear probabilities for {len(probabilities)} decrypted ones")
     best = max(range(len(probabilities)), key=lambda i: probabilities[i]) if len(probabilities) else -1
     legend = '<span class="key fhe"></span>decrypted (FHE)'
     if clear_probabilities is not None:

@@ -20,7 +20,6 @@ import numpy as np
 from matplotlib.figure import Figure
 
 ACCENT = "#f97316"
-ACCENT_LIGHT = "#fdba74"
 CLEAR = "#2563eb"
 MUTED = "#94a3b8"
 WRONG = "#b91c1c"

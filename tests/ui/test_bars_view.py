@@ -35,3 +35,5 @@ def test_without_the_clear_model_only_the_decrypted_bars_show_and_names_are_esca
 def test_a_name_missing_for_a_probability_is_refused():
     with pytest.raises(ValueError, match="3 probabilities for 2 class names"):
         probabilities_html([0.2, 0.3, 0.5], ["a", "b"])
+    with pytest.raises(ValueError, match="2 clear probabilities for 3 decrypted ones"):
+        probabilities_html([0.2, 0.3, 0.5], ["a", "b", "c"], [0.5, 0.5])
