@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -37,7 +38,8 @@ class _Holder:
 @pytest.fixture()
 def folder(tmp_path, monkeypatch) -> Path:
     monkeypatch.setattr(files, "_gradio_folder", lambda: tmp_path.resolve())
-    monkeypatch.setattr(files, "_measured", {"at": float("-inf"), "total": 0})  # measured afresh
+    monkeypatch.setattr(files, "_measured",  # measured afresh
+                        {"at": float("-inf"), "total": 0, "during": 0, "walking": False})
     return tmp_path.resolve()
 
 
@@ -81,6 +83,38 @@ def test_far_below_the_bound_the_folder_is_not_walked_for_every_upload(folder, m
     assert walks == []
     assert files.make_room(3000, limit=10_000)  # past half the bound: measured again
     assert walks == [folder]
+
+
+def test_a_stale_measure_is_taken_again_in_the_background_one_walk_at_a_time(folder, monkeypatch):
+    _file(folder, "old-upload", 400, age=3000)
+    assert files.make_room(100, limit=10_000)  # the first measure: now
+    _file(folder, "a-download", 1000, age=10)  # Gradio wrote it: no upload counted it
+    walking = threading.Event()
+    release = threading.Event()
+    walks: list[str] = []
+    real_walk = files._files_in
+
+    def slow_walk(path):
+        walks.append(threading.current_thread().name)
+        walking.set()
+        release.wait(10)
+        return real_walk(path)
+
+    monkeypatch.setattr(files, "_files_in", slow_walk)
+    monkeypatch.setattr(files, "RESCAN_SECONDS", 0.0)
+    started = time.monotonic()
+    assert files.make_room(100, limit=10_000)  # stale: the upload goes on, a walk starts behind it
+    assert walking.wait(10)
+    for _ in range(10):  # uploads during the walk neither wait for it nor start another
+        assert files.make_room(100, limit=10_000)
+    assert time.monotonic() - started < 5 and walks == ["upload-space"]
+    release.set()
+    deadline = time.monotonic() + 10
+    while files._measured["walking"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    # The walk found 1,400 bytes on disk; the upload that started it and the 10 during it are
+    # added (they may be on disk after the walk passed).
+    assert files._measured["total"] == 2500 and not files._measured["walking"]
 
 
 def test_an_upload_past_the_bound_is_refused_with_what_to_do(launched_app, folder, monkeypatch):
