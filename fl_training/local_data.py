@@ -45,10 +45,60 @@ def client_file(folder: str | os.PathLike, partition_id: int) -> Path:
 
 
 def reference_file(folder: str | os.PathLike, partition_id: int) -> Path:
-    """Where a run's folder keeps a reference client's file: a share of the dataset's own training
-    images, trained on like drawings but left out of the clients' evaluation (which then scores
-    the drawings only)."""
+    """Where a run's folder keeps a reference client's file: which of the dataset's own training
+    images it holds (:func:`save_reference`), trained on like drawings but left out of the
+    clients' evaluation (which then scores the drawings only)."""
     return Path(folder) / f"reference-{int(partition_id)}.npz"
+
+
+def save_reference(path: str | os.PathLike, rows: np.ndarray, dataset: Dataset) -> Path:
+    """Write a reference client's file: row numbers of ``dataset``'s training split, not pixels.
+
+    The client reads those rows from the dataset its process has already prepared
+    (deskewed once per process), instead of preparing the same images every round.
+    """
+    rows = _checked_rows(np.asarray(rows), dataset, Path(path).name)
+    with open(path, "wb") as out:
+        np.savez(out, rows=rows, dataset=np.array(dataset.name))
+    return Path(path)
+
+
+def load_reference(path: str | os.PathLike, dataset: Dataset) -> np.ndarray:
+    """The training rows a reference client's file names (:func:`save_reference`), checked.
+
+    Raises
+    ------
+    DrawingsFileError
+        If the file is missing, not a reference file, made for another dataset, or names
+        rows outside the dataset's training split.
+    """
+    path = Path(path)
+    limit = len(dataset.y_train) * 8 + 4096
+    if not path.is_file() or path.stat().st_size > limit:
+        raise DrawingsFileError(f"{path.name} is missing or larger than a reference client's file.")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if sorted(data.files) != ["dataset", "rows"]:
+                raise DrawingsFileError(f"{path.name} holds {sorted(data.files)}: not a reference file.")
+            rows, made_for = data["rows"], str(data["dataset"])
+    except DrawingsFileError:
+        raise
+    except (zipfile.BadZipFile, ValueError, OSError, KeyError) as exc:
+        raise DrawingsFileError(f"{path.name} is not a reference client's file ({exc}).") from exc
+    if made_for != dataset.name:
+        raise DrawingsFileError(f"{path.name} names rows of {made_for!r}; this run trains {dataset.name!r}.")
+    return _checked_rows(rows, dataset, path.name)
+
+
+def _checked_rows(rows: np.ndarray, dataset: Dataset, name: str) -> np.ndarray:
+    if (rows.ndim != 1 or not np.issubdtype(rows.dtype, np.integer)
+            or not MIN_DRAWINGS <= len(rows) <= len(dataset.y_train)
+            or rows.min() < 0 or rows.max() >= len(dataset.y_train)):
+        raise DrawingsFileError(
+            f"{name}: a reference client holds {MIN_DRAWINGS} to {len(dataset.y_train)} row numbers of "
+            f"{dataset.name}'s training split, each from 0 to {len(dataset.y_train) - 1}."
+        )
+    return rows.astype(np.int64)
 
 
 def partition_file(folder: str | os.PathLike, partition_id: int) -> tuple[Path, bool]:

@@ -170,7 +170,12 @@ def client_data(
     dataset = load_dataset(cfg.dataset)
     preprocessing = run_preprocessing(cfg.dataset, cfg.deskew)
     if drawings_file or cfg.client_data:
-        path = drawings_file or local_data.partition_file(cfg.client_data, partition_id)[0]
+        path, reference = ((drawings_file, False) if drawings_file
+                           else local_data.partition_file(cfg.client_data, partition_id))
+        if reference:  # rows of the dataset, prepared once per process
+            rows = local_data.load_reference(path, dataset)
+            return local_data.split_drawings(dataset_features(dataset, preprocessing)[0][rows],
+                                             dataset.y_train[rows])
         X, y = local_data.load_drawings(path, dataset)
         return local_data.split_drawings(preprocess(X, preprocessing, dataset.image_shape), y)
     X_train = dataset_features(dataset, preprocessing)[0]
@@ -198,7 +203,8 @@ def check_runnable(cfg: TrainingConfig) -> None:
     dataset = load_dataset(cfg.dataset)
     check_fits_dataset(cfg, dataset)  # the work budget too
     for partition_id in range(cfg.num_clients):
-        local_data.load_drawings(local_data.partition_file(cfg.client_data, partition_id)[0], dataset)
+        path, reference = local_data.partition_file(cfg.client_data, partition_id)
+        (local_data.load_reference if reference else local_data.load_drawings)(path, dataset)
 
 
 def is_reference_client(cfg: TrainingConfig, partition_id: int, drawings_file: str | None = None) -> bool:

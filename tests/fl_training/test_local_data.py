@@ -82,3 +82,35 @@ def test_join_checks_the_file_on_the_participants_side_before_any_supernode_star
     assert cli(["join", "--superlink", "127.0.0.1:9092", "--drawings", str(good), "--dry-run"]) == 0
     printed = capsys.readouterr().out
     assert "12 drawings checked" in printed and f"drawings='{good}'" in printed
+
+
+def test_a_reference_client_reads_the_dataset_rows_its_file_names(tmp_path):
+    from fl_training.config import TrainingConfig
+    from fl_training.preprocessing import dataset_features, run_preprocessing
+    from fl_training.task import client_data, is_reference_client
+
+    rows = np.arange(100, 140)
+    local_data.save_reference(local_data.reference_file(tmp_path, 1), rows, MNIST)
+    save_drawings(local_data.client_file(tmp_path, 0), *_some(), MNIST)
+    cfg = TrainingConfig(dataset="mnist-5k", num_clients=2, client_data=str(tmp_path))
+    X_train, y_train, X_val, y_val = client_data(cfg, 1)
+    features = dataset_features(MNIST, run_preprocessing("mnist-5k", cfg.deskew))[0][rows]
+    expected = split_drawings(features, MNIST.y_train[rows])
+    assert np.array_equal(X_train, expected[0]) and np.array_equal(y_val, expected[3])
+    assert len(y_train) + len(y_val) == 40
+    assert is_reference_client(cfg, 1) and not is_reference_client(cfg, 0)
+
+
+@pytest.mark.parametrize("case", ["beyond the split", "negative", "other dataset", "not a reference file"])
+def test_a_reference_file_naming_rows_it_cannot_is_refused(tmp_path, case):
+    path = tmp_path / "reference-3.npz"
+    if case == "other dataset":
+        local_data.save_reference(path, np.arange(10), load_dataset("digits"))
+    elif case == "not a reference file":
+        save_drawings(path, *_some(), MNIST)
+    else:
+        rows = np.array([0, len(MNIST.y_train)]) if case == "beyond the split" else np.array([-1, 2])
+        with open(path, "wb") as out:
+            np.savez(out, rows=rows, dataset=np.array(MNIST.name))
+    with pytest.raises(DrawingsFileError, match="reference"):
+        local_data.load_reference(path, MNIST)
