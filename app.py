@@ -10,8 +10,11 @@ Blocks and launches them: each tab lives in :mod:`ui`, the visitor's story in
 from __future__ import annotations
 
 import functools
+import gc
+import importlib.util
 import logging
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +161,23 @@ def launch_options(registry: SessionRegistry) -> dict[str, Any]:
     }
 
 
+def settle_long_lived_objects() -> None:
+    """Keep the garbage collector's full passes off what lives as long as the app.
+
+    The libraries (torch, Concrete, Gradio, Flower, scikit-learn) and the built
+    demo are ~400,000 objects. A full collection walks them all, ~0.3 s holding
+    every thread of the app, and a room's requests make one every few seconds:
+    frozen, they are never walked again (``gc.freeze``); what sessions create
+    is collected as before. Gradio also looks for bokeh on every chart's
+    config, and a failed import searches every import path each time: an absent
+    bokeh is marked absent once.
+    """
+    if "bokeh" not in sys.modules and importlib.util.find_spec("bokeh") is None:
+        sys.modules["bokeh"] = None  # type: ignore[assignment] - import then fails at once
+    gc.collect()
+    gc.freeze()
+
+
 def _interrupt(_signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt
 
@@ -174,6 +194,7 @@ def main() -> None:
     url = registry.server.start()
     logging.getLogger(__name__).info("FHE server: %s", url)
     demo = build_demo(registry)
+    settle_long_lived_objects()
     try:
         demo.launch(**launch_options(registry))
     finally:
