@@ -36,6 +36,7 @@ class Participant:
     index: int
     client: Client | None = None
     add_seconds: list[float] = field(default_factory=list)
+    add_started: list[float] = field(default_factory=list)  # seconds after the participants' common start
     error: str | None = None
     step: str | None = None
     prediction: int | None = None
@@ -60,7 +61,8 @@ def run(url: str, participants: int, per_participant: int, rounds: int, verbose:
     teacher = visitor(url)
     opened = teacher.predict(title="Load test", api_name="/class_open")[0]
     code = opened["class_code"]
-    start = threading.Barrier(participants)
+    began: dict[str, float] = {}
+    start = threading.Barrier(participants, action=lambda: began.setdefault("at", time.perf_counter()))
 
     def join_and_draw(p: Participant) -> None:
         rng = np.random.default_rng(p.index)
@@ -81,6 +83,7 @@ def run(url: str, participants: int, per_participant: int, rounds: int, verbose:
                 p.client.predict(drawing=_sketch(folder / f"{p.index}-{i}.png"), label=label,
                                  api_name="/class_add_drawing")
                 p.add_seconds.append(time.perf_counter() - t)
+                p.add_started.append(t - began["at"])
         except Exception as exc:  # reported, not raised: the others go on
             p.error = f"{exc.__class__.__name__}: {exc}"
             if verbose:
@@ -131,6 +134,9 @@ def run(url: str, participants: int, per_participant: int, rounds: int, verbose:
         "decrypted": len(done),
         "add_drawing_seconds": {"p50": float(np.percentile(adds, 50)), "p95": float(np.percentile(adds, 95)),
                                 "max": float(max(adds))} if adds else {},
+        "slowest_add_drawings": [{"started": round(at, 2), "seconds": round(s, 2)} for s, at in sorted(
+            ((s, at) for p in people for s, at in zip(p.add_seconds, p.add_started, strict=True)),
+            reverse=True)[:10]],
         "click_to_class_model_seconds": trained - clicked,
         "class_model_to_last_decryption_seconds": max(done) if done else None,
         "class_run": {k: summary.get(k) for k in ("clients", "dropped_clients", "held_back_drawings",
