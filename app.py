@@ -15,6 +15,7 @@ import importlib.util
 import logging
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -195,6 +196,9 @@ def main() -> None:
     logging.getLogger(__name__).info("FHE server: %s", url)
     demo = build_demo(registry)
     settle_long_lived_objects()
+    # What the preparation builds (the default model, its circuit and deployment) lives as long too.
+    threading.Thread(target=lambda: registry.prepared.wait() and settle_long_lived_objects(),
+                     name="settle-prepared", daemon=True).start()
     try:
         demo.launch(**launch_options(registry))
     finally:
