@@ -34,8 +34,6 @@ START = training_form.START
 #: Training charts, shared by every visitor of a shared run (see ui.plot_cache).
 CHARTS = PlotCache()
 
-#: Rounds arriving faster than this (a shared run catching up) update the log, not the chart.
-PLOT_INTERVAL_SECONDS = 0.25
 #: Updates of one training closer together than this are merged into the next: the rounds of a run
 #: another visitor started arrive at once, and every update costs the app's event loop a postprocess
 #: and a message to the page (a lecture hall's 120 visitors share one run: ~9 updates each became 2).
@@ -299,7 +297,6 @@ def _stream_training(session: DemoSession, cfg: forms.TrainingConfig, results: R
     history: list[Any] = []
     baseline = None
     shared_note = ""
-    last_plot = 0.0
     waiting_since, waited = 0.0, 0.0
     skip = gr.skip()
     progress(0, desc="Training the centralized baseline …")
@@ -354,11 +351,8 @@ def _stream_training(session: DemoSession, cfg: forms.TrainingConfig, results: R
             text = f"… Round {item.round}/{cfg.num_rounds}: accuracy {item.accuracy:.1%}"
             if item.epsilon is not None:
                 text += f", ε = {item.epsilon:.2f}"
-            plot = skip
-            if time.monotonic() - last_plot >= PLOT_INTERVAL_SECONDS:
-                last_plot = time.monotonic()
-                plot = _chart(results, history, cfg.num_rounds, baseline)
-            yield (skip, text, plot, round_log(history), skip, skip, session, skip)
+            yield (skip, text, _chart(results, history, cfg.num_rounds, baseline), round_log(history), skip,
+                   skip, session, skip)
 
 
 def _wire_training(ctx: DemoContext, settings: Settings, results: Results, shown: gr.State) -> None:
